@@ -1,0 +1,73 @@
+# One source of truth for building, linting and testing otaflash; the README
+# and CI (.ci/run) call these targets and nothing else.
+#
+#   make demo   build and run the main job on its embedded default
+#   make test   everything CI checks, on a fresh machine included
+#   make bench  benchmarks against the peer tools (release build, separate venv)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(CURDIR)/$(VENV)/bin/python
+BENCH_VENV := .venv-bench
+BENCH_PY := $(CURDIR)/$(BENCH_VENV)/bin/python
+# Every pyo3 build (cargo, clippy, maturin) sees the same interpreter, so
+# switching between them does not rebuild pyo3 (PyO3/pyo3#1708).
+export PYO3_PYTHON := $(VPY)
+
+.PHONY: help demo test setup system-deps build-dev lint-rust test-rust lint-python test-python bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
+
+demo: build-dev  ## build, then run the main job on its embedded default
+	@mkdir -p demo
+	@[ -f demo/firmware.bin ] || head -c 64M /dev/urandom > demo/firmware.bin
+	$(VENV)/bin/otaflash hash --algo md5,sha256,sha1,crc32 demo/firmware.bin
+
+test: setup lint-rust test-rust lint-python test-python  ## everything CI runs
+
+setup: system-deps build-dev  ## system packages, venv and an editable dev build
+
+system-deps:  ## Debian packages the tests talk to, installed when missing
+	bash scripts/system-deps.sh
+
+$(VENV)/.created:
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	touch $@
+
+build-dev: $(VENV)/.created  ## editable install (dev profile) with the test extras
+	rm -f python/otaflash/_core*.so  # a stale extension would shadow the new build
+	$(VPY) -m pip install --quiet -e '.[test]'
+
+lint-rust:  ## rustfmt and clippy, warnings are errors
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+test-rust:  ## the core's unit, vector and property tests (no Python needed)
+	cargo test --workspace --locked
+
+lint-python:  ## ruff, mypy --strict, and the extension's stubs against the build
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/mypy
+	$(VPY) -m mypy.stubtest otaflash._core
+
+test-python:  ## pytest (exit code 5, "no tests collected", fails the build)
+	$(VPY) -m pytest
+
+bench:  ## benchmarks: release build in its own venv, peers side by side
+	[ -x $(BENCH_PY) ] || $(PYTHON) -m venv $(BENCH_VENV)
+	PYO3_PYTHON=$(BENCH_PY) MATURIN_PEP517_ARGS="--profile bench" \
+		$(BENCH_PY) -m pip install --quiet --force-reinstall --no-deps . 
+	$(BENCH_PY) -m pip install --quiet '.[test]'
+	cd benches && $(BENCH_PY) -m pytest -p no:cacheprovider --benchmark-enable \
+		--benchmark-json=../target/bench.json --benchmark-columns=min,median,max -q .
+	$(BENCH_PY) benches/report.py target/bench.json
+
+clean:  ## remove build outputs and venvs
+	rm -rf target $(VENV) $(BENCH_VENV) demo python/otaflash/_core*.so

@@ -1,0 +1,3 @@
+from otaflash.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,99 @@
+//! The one error type of the core. Each variant carries enough context to
+//! tell a user what went wrong and where; the Python binding maps each to a
+//! class in `otaflash.errors` in one place.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operation on a named file or device failed.
+    #[error("cannot {action} {}: {}", path.display(), describe_io(source))]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("unknown hash algorithm {0:?}; choose from md5, sha1, sha256, crc32")]
+    UnknownAlgorithm(String),
+
+    /// Bytes did not match what they were expected to be.
+    #[error("{subject}: {what} mismatch, expected {expected}, got {actual}")]
+    Verify {
+        subject: String,
+        what: String,
+        expected: String,
+        actual: String,
+    },
+
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// A caller-supplied callback (progress, I/O adapter) failed; the caller's
+    /// own error is carried through unchanged so it can be re-raised as is.
+    #[error("{0}")]
+    Callback(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Error {
+    pub fn io(action: &'static str, path: impl AsRef<Path>, source: io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    /// The OS error number behind an I/O failure, when there is one.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            Self::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// `io::Error`'s Display ends in "(os error 2)" and starts with a capital;
+/// messages here read as one lower-case clause.
+fn describe_io(error: &io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::NotFound => "no such file or directory".into(),
+        io::ErrorKind::PermissionDenied => "permission denied".into(),
+        io::ErrorKind::IsADirectory => "it is a directory".into(),
+        io::ErrorKind::UnexpectedEof => "it ended early".into(),
+        _ => {
+            let text = error.to_string();
+            let text = match text.rfind(" (os error ") {
+                Some(cut) => text.get(..cut).unwrap_or(&text).to_string(),
+                None => text,
+            };
+            let mut chars = text.chars();
+            match chars.next() {
+                Some(first) => first.to_lowercase().chain(chars).collect(),
+                None => text,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_messages_name_the_file_and_the_cause() {
+        let e = Error::io("open", "/x/fw.bin", io::Error::from_raw_os_error(2));
+        assert_eq!(
+            e.to_string(),
+            "cannot open /x/fw.bin: no such file or directory"
+        );
+        assert_eq!(e.raw_os_error(), Some(2));
+        let e = Error::io("read", "/dev/mtd0", io::Error::from_raw_os_error(5));
+        assert_eq!(e.to_string(), "cannot read /dev/mtd0: input/output error");
+    }
+}

@@ -1,0 +1,68 @@
+//! The one place core errors become Python exceptions. The classes live in
+//! pure Python (`otaflash.errors`) so they can be documented, pickled and
+//! caught without the extension; they are imported here lazily.
+
+use otaflash_core::Error;
+use pyo3::PyErr;
+use pyo3::exceptions::PyRuntimeError;
+use std::io::ErrorKind;
+
+pyo3::import_exception!(otaflash.errors, FileError);
+pyo3::import_exception!(otaflash.errors, MissingFileError);
+pyo3::import_exception!(otaflash.errors, FileAccessError);
+pyo3::import_exception!(otaflash.errors, NotAFileError);
+pyo3::import_exception!(otaflash.errors, UnknownAlgorithmError);
+pyo3::import_exception!(otaflash.errors, VerifyError);
+pyo3::import_exception!(otaflash.errors, InputError);
+
+/// A core error on its way to Python; also wraps a `PyErr` raised inside a
+/// callback so it comes back out unchanged.
+#[derive(Debug)]
+pub(crate) struct OtaError(Error);
+
+pub(crate) type OtaResult<T> = Result<T, OtaError>;
+
+impl From<Error> for OtaError {
+    fn from(error: Error) -> Self {
+        Self(error)
+    }
+}
+
+impl From<PyErr> for OtaError {
+    fn from(error: PyErr) -> Self {
+        Self(Error::Callback(Box::new(error)))
+    }
+}
+
+impl From<OtaError> for PyErr {
+    fn from(OtaError(error): OtaError) -> Self {
+        let message = error.to_string();
+        match error {
+            Error::Io { path, source, .. } => {
+                let errno = source.raw_os_error().unwrap_or(0);
+                let args = (errno, message, path.to_string_lossy().into_owned());
+                match source.kind() {
+                    ErrorKind::NotFound => MissingFileError::new_err(args),
+                    ErrorKind::PermissionDenied => FileAccessError::new_err(args),
+                    ErrorKind::IsADirectory => NotAFileError::new_err(args),
+                    _ => FileError::new_err(args),
+                }
+            }
+            Error::UnknownAlgorithm(_) => UnknownAlgorithmError::new_err(message),
+            Error::Verify {
+                subject,
+                expected,
+                actual,
+                ..
+            } => VerifyError::new_err((message, subject, expected, actual)),
+            Error::InvalidArgument(_) => InputError::new_err(message),
+            Error::Callback(inner) => match inner.downcast::<PyErr>() {
+                Ok(py_err) => *py_err,
+                Err(other) => PyRuntimeError::new_err(other.to_string()),
+            },
+            // `Error` is non_exhaustive for downstream crates.
+            #[allow(unreachable_patterns)]
+            other => PyRuntimeError::new_err(other.to_string()),
+        }
+    }
+}
