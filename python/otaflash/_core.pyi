@@ -23,5 +23,7 @@ class Hasher:
     def block_size(self) -> int: ...
 
 def hash_file(
-    path: str, algorithms: list[str], progress: Callable[[int], object] | None = None
+    path: str,
+    algorithms: list[str],
+    progress: Callable[[str, int, int | None], object] | None = None,
 ) -> tuple[int, list[tuple[str, str]]]: ...

@@ -14,7 +14,7 @@ Updates of 2 KiB or more release the GIL, so threads hash in parallel.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from otaflash import _core
@@ -22,6 +22,8 @@ from otaflash.errors import InputError, VerifyError
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
+
+    from otaflash.progress import ProgressCallback
 
 __all__ = [
     "DEFAULT_FILE_ALGORITHMS",
@@ -83,14 +85,14 @@ def hash_file(
     path: str | os.PathLike[str],
     algorithms: Iterable[str] = DEFAULT_FILE_ALGORITHMS,
     *,
-    progress: Callable[[int], object] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> FileDigests:
     """Hex digests of the file at ``path``, all computed in one read pass.
 
     Returns :class:`FileDigests`: ``{name: hexdigest}`` and ``.size``. The algorithms run
     concurrently, so MD5 and SHA-256 together take about as long as MD5 alone.
-    ``progress(bytes_done)`` is called about ten times a second. Ctrl-C
-    interrupts it. Raises :class:`~otaflash.errors.MissingFileError`,
+    ``progress("hash", done, total)`` is called as :mod:`otaflash.progress`
+    describes. Ctrl-C interrupts it. Raises :class:`~otaflash.errors.MissingFileError`,
     :class:`~otaflash.errors.FileAccessError`,
     :class:`~otaflash.errors.NotAFileError` (all :class:`OSError` too) or
     :class:`~otaflash.errors.UnknownAlgorithmError`.

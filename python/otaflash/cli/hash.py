@@ -16,6 +16,7 @@ from typing import Any
 from otaflash import hashing
 from otaflash.cli.output import Output
 from otaflash.errors import OtaflashError, UnknownAlgorithmError
+from otaflash.progress import ProgressBars
 
 NAME = "hash"
 HELP = "print MD5/SHA-256/SHA-1/CRC-32 digests of files"
@@ -66,16 +67,8 @@ def _hash_path(path: str, algorithms: list[str], out: Output) -> hashing.FileDig
     size = os.stat(path).st_size if os.path.isfile(path) else 0
     if not (out.wants_progress() and size >= PROGRESS_MIN_SIZE):
         return hashing.hash_file(path, algorithms)
-    from tqdm import tqdm
-
-    with tqdm(
-        total=size, unit="B", unit_scale=True, desc=os.path.basename(path), leave=False
-    ) as bar:
-
-        def advance(done: int) -> None:
-            bar.update(done - bar.n)
-
-        return hashing.hash_file(path, algorithms, progress=advance)
+    with ProgressBars(label=os.path.basename(path)) as bars:
+        return hashing.hash_file(path, algorithms, progress=bars)
 
 
 def _hash_stdin(algorithms: list[str]) -> hashing.FileDigests:

@@ -34,6 +34,9 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
 
+    #[error("cancelled")]
+    Cancelled,
+
     /// A caller-supplied callback (progress, I/O adapter) failed; the caller's
     /// own error is carried through unchanged so it can be re-raised as is.
     #[error("{0}")]

@@ -15,5 +15,7 @@
 
 pub mod error;
 pub mod hash;
+pub mod io;
+pub mod progress;
 
 pub use error::{Error, Result};

@@ -14,6 +14,7 @@ pyo3::import_exception!(otaflash.errors, NotAFileError);
 pyo3::import_exception!(otaflash.errors, UnknownAlgorithmError);
 pyo3::import_exception!(otaflash.errors, VerifyError);
 pyo3::import_exception!(otaflash.errors, InputError);
+pyo3::import_exception!(otaflash.errors, Cancelled);
 
 /// A core error on its way to Python; also wraps a `PyErr` raised inside a
 /// callback so it comes back out unchanged.
@@ -56,6 +57,7 @@ impl From<OtaError> for PyErr {
                 ..
             } => VerifyError::new_err((message, subject, expected, actual)),
             Error::InvalidArgument(_) => InputError::new_err(message),
+            Error::Cancelled => Cancelled::new_err(message),
             Error::Callback(inner) => match inner.downcast::<PyErr>() {
                 Ok(py_err) => *py_err,
                 Err(other) => PyRuntimeError::new_err(other.to_string()),

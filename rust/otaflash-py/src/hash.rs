@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
 
 use otaflash_core::hash::{self as core_hash, HashAlgorithm};
 use pyo3::prelude::*;
@@ -10,11 +9,10 @@ use pyo3::types::PyBytes;
 
 use crate::buffer::ByteView;
 use crate::errors::OtaResult;
+use crate::progress::PyProgress;
 
 /// hashlib releases the GIL from this size on; so do we.
 const DETACH_THRESHOLD: usize = 2048;
-/// How often a Python progress callback may run during `hash_file`.
-const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Frozen with a Mutex inside: `update` runs detached, and a `&mut self`
 /// borrow must never be held across that.
@@ -99,8 +97,7 @@ impl Hasher {
 }
 
 /// Returns `(size, [(name, hexdigest), ...])`; `otaflash.hashing.hash_file`
-/// shapes it. `progress(done)` is called at most every 100 ms, and once at
-/// the end; Ctrl-C is checked after every chunk.
+/// shapes it. See `PyProgress` for how `progress` is called and Ctrl-C handled.
 #[pyfunction]
 #[pyo3(signature = (path, algorithms, progress = None))]
 pub fn hash_file(
@@ -113,24 +110,8 @@ pub fn hash_file(
         .iter()
         .map(|name| name.parse::<HashAlgorithm>())
         .collect::<Result<Vec<_>, _>>()?;
-    let mut last_report = Instant::now();
-    let mut on_chunk = |done: u64| -> otaflash_core::Result<()> {
-        Python::attach(|py| {
-            py.check_signals()?;
-            if let Some(callback) = &progress
-                && last_report.elapsed() >= PROGRESS_INTERVAL
-            {
-                last_report = Instant::now();
-                callback.call1(py, (done,))?;
-            }
-            Ok::<(), PyErr>(())
-        })
-        .map_err(|e| otaflash_core::Error::Callback(Box::new(e)))
-    };
-    let result = py.detach(|| core_hash::hash_file(&path, &algorithms, &mut on_chunk))?;
-    if let Some(callback) = &progress {
-        callback.call1(py, (result.size,))?;
-    }
+    let mut progress = PyProgress::new(progress);
+    let result = py.detach(|| core_hash::hash_file(&path, &algorithms, &mut progress))?;
     let digests = result
         .digests
         .iter()

@@ -5,6 +5,7 @@
 mod buffer;
 mod errors;
 mod hash;
+mod progress;
 
 use pyo3::prelude::*;
 

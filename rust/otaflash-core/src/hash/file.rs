@@ -13,6 +13,7 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 
 use super::{Digest, HashAlgorithm, Hasher};
+use crate::progress::{Operation, Progress, ProgressEvent};
 use crate::{Error, Result};
 
 const CHUNK_SIZE: usize = 1 << 20;
@@ -36,13 +37,13 @@ impl FileDigests {
 
 /// Hashes the file at `path` with every algorithm in `algorithms`.
 ///
-/// `progress` runs on the calling thread after every chunk with the bytes
-/// hashed so far; returning an error stops the work and returns that error
-/// (this is how a binding checks for Ctrl-C).
+/// `progress` hears [`Operation::Hash`] on the calling thread after every
+/// chunk, and a last event whose `total` equals `done`; an error it returns
+/// stops the work and is returned (this is how a binding checks for Ctrl-C).
 pub fn hash_file(
     path: &Path,
     algorithms: &[HashAlgorithm],
-    progress: &mut dyn FnMut(u64) -> Result<()>,
+    progress: &mut dyn Progress,
 ) -> Result<FileDigests> {
     let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
@@ -58,7 +59,7 @@ pub fn hash_file(
 pub fn hash_reader(
     reader: impl Read,
     algorithms: &[HashAlgorithm],
-    progress: &mut dyn FnMut(u64) -> Result<()>,
+    progress: &mut dyn Progress,
 ) -> Result<FileDigests> {
     hash_stream(reader, Path::new("<stream>"), None, algorithms, progress)
 }
@@ -68,7 +69,7 @@ fn hash_stream(
     name: &Path,
     size_hint: Option<u64>,
     algorithms: &[HashAlgorithm],
-    progress: &mut dyn FnMut(u64) -> Result<()>,
+    progress: &mut dyn Progress,
 ) -> Result<FileDigests> {
     let mut unique: Vec<HashAlgorithm> = Vec::with_capacity(algorithms.len());
     for alg in algorithms {
@@ -82,11 +83,25 @@ fn hash_stream(
     let read = |reader: &mut dyn Read, buf: &mut [u8]| {
         read_full(reader, buf).map_err(|e| Error::io("read", name, e))
     };
-    if size_hint.is_some_and(|size| size < PIPELINE_THRESHOLD) {
-        hash_inline(&mut reader, &unique, &read, progress)
+    let mut on_chunk = |done: u64| {
+        progress.report(ProgressEvent {
+            operation: Operation::Hash,
+            done,
+            total: size_hint,
+        })
+    };
+    let result = if size_hint.is_some_and(|size| size < PIPELINE_THRESHOLD) {
+        hash_inline(&mut reader, &unique, &read, &mut on_chunk)
     } else {
-        hash_pipelined(&mut reader, &unique, &read, progress)
-    }
+        hash_pipelined(&mut reader, &unique, &read, &mut on_chunk)
+    }?;
+    let done = result.size;
+    progress.report(ProgressEvent {
+        operation: Operation::Hash,
+        done,
+        total: Some(done),
+    })?;
+    Ok(result)
 }
 
 type ReadChunk<'a> = dyn Fn(&mut dyn Read, &mut [u8]) -> Result<usize> + 'a;
@@ -229,9 +244,7 @@ mod tests {
         (0..len).map(|i| (i * 131 + (i >> 9)) as u8).collect()
     }
 
-    fn no_progress(_: u64) -> Result<()> {
-        Ok(())
-    }
+    use crate::progress::NoProgress;
 
     #[test]
     fn pipelined_and_inline_agree_with_one_shot_digests() {
@@ -249,7 +262,7 @@ mod tests {
             let data = pattern(len);
             let path = dir.join(format!("f{len}"));
             std::fs::write(&path, &data).unwrap();
-            let got = hash_file(&path, &HashAlgorithm::ALL, &mut no_progress).unwrap();
+            let got = hash_file(&path, &HashAlgorithm::ALL, &mut NoProgress).unwrap();
             assert_eq!(got.size, len as u64);
             for alg in HashAlgorithm::ALL {
                 assert_eq!(
@@ -258,7 +271,7 @@ mod tests {
                     "{alg} of {len} bytes"
                 );
             }
-            let streamed = hash_reader(&data[..], &[HashAlgorithm::Md5], &mut no_progress).unwrap();
+            let streamed = hash_reader(&data[..], &[HashAlgorithm::Md5], &mut NoProgress).unwrap();
             assert_eq!(streamed.digests, vec![digest(HashAlgorithm::Md5, &data)]);
         }
         std::fs::remove_dir_all(&dir).unwrap();
@@ -268,7 +281,7 @@ mod tests {
     fn progress_error_stops_the_work_and_is_returned() {
         let data = pattern(20 * CHUNK_SIZE);
         let mut calls = 0;
-        let mut stop_at_three = |_done: u64| {
+        let mut stop_at_three = |_event: ProgressEvent| {
             calls += 1;
             if calls == 3 {
                 Err(Error::InvalidArgument("stop".into()))
@@ -286,21 +299,21 @@ mod tests {
         let got = hash_reader(
             &b"abc"[..],
             &[HashAlgorithm::Md5, HashAlgorithm::Md5],
-            &mut no_progress,
+            &mut NoProgress,
         )
         .unwrap();
         assert_eq!(got.digests.len(), 1);
-        assert!(hash_reader(&b"abc"[..], &[], &mut no_progress).is_err());
+        assert!(hash_reader(&b"abc"[..], &[], &mut NoProgress).is_err());
     }
 
     #[test]
     fn directories_and_missing_files_are_named_in_the_error() {
-        let err = hash_file(Path::new("/"), &[HashAlgorithm::Md5], &mut no_progress).unwrap_err();
+        let err = hash_file(Path::new("/"), &[HashAlgorithm::Md5], &mut NoProgress).unwrap_err();
         assert_eq!(err.to_string(), "cannot hash /: it is a directory");
         let err = hash_file(
             Path::new("/no/such/file"),
             &[HashAlgorithm::Md5],
-            &mut no_progress,
+            &mut NoProgress,
         )
         .unwrap_err();
         assert_eq!(
