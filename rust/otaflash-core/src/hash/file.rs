@@ -95,12 +95,15 @@ fn hash_stream(
     } else {
         hash_pipelined(&mut reader, &unique, &read, &mut on_chunk)
     }?;
+    // The last chunk's event already closes the operation when the size was known.
     let done = result.size;
-    progress.report(ProgressEvent {
-        operation: Operation::Hash,
-        done,
-        total: Some(done),
-    })?;
+    if size_hint != Some(done) {
+        progress.report(ProgressEvent {
+            operation: Operation::Hash,
+            done,
+            total: Some(done),
+        })?;
+    }
     Ok(result)
 }
 
