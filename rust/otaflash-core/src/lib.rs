@@ -15,6 +15,7 @@
 
 pub mod error;
 pub mod hash;
+pub mod inplace;
 pub mod io;
 pub mod progress;
 
