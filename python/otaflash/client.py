@@ -157,9 +157,7 @@ class Offer:
 class Channel(Protocol):
     """How a client reaches the update service."""
 
-    def query(
-        self, module: str, version: str, source: int, accept_delta: bool
-    ) -> Offer | None: ...
+    def query(self, module: str, version: str, source: int, accept_delta: bool) -> Offer | None: ...
 
     def inform(self, module: str, version: str) -> None: ...
 
@@ -383,7 +381,9 @@ class OtaClient:
         if offer.module != self.module:
             return
         if versions.compare(offer.version, self.version) <= 0:
-            log.info("ignored a push of %s: the device already runs %s", offer.version, self.version)
+            log.info(
+                "ignored a push of %s: the device already runs %s", offer.version, self.version
+            )
             return
         self._notify(offer)
 

@@ -111,6 +111,17 @@ def download(
     """
     job = _Download(url, sink, expected, chunk_size, timeout, cancel, progress)
     cache = _Cache(Path(cache_dir), expected) if cache_dir is not None and expected.sha256 else None
+    try:
+        return _run(job, cache, retries, backoff, backoff_max)
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def _run(
+    job: _Download, cache: _Cache | None, retries: int, backoff: float, backoff_max: float
+) -> DownloadResult:
+    expected, url = job.expected, job.url
     if cache is not None:
         job.replay(cache)
     failures = 0
@@ -157,12 +168,15 @@ class _Cache:
         if self.file is not None:
             self.file.flush()
             os.fsync(self.file.fileno())
-            self.file.close()
+            self.close()
             os.replace(self.part, self.final)
 
-    def discard(self) -> None:
-        if self.file is not None:
+    def close(self) -> None:
+        if self.file is not None and not self.file.closed:
             self.file.close()
+
+    def discard(self) -> None:
+        self.close()
         self.part.unlink(missing_ok=True)
         self.final.unlink(missing_ok=True)
 

@@ -120,9 +120,7 @@ def delta_applier() -> DeltaApplier:
 def open_target(uri: str) -> Target:
     scheme, sep, rest = uri.partition(":")
     if not sep or not rest:
-        raise InputError(
-            f"invalid target {uri!r}: use SCHEME:WHERE, e.g. file:/path/to/image.bin"
-        )
+        raise InputError(f"invalid target {uri!r}: use SCHEME:WHERE, e.g. file:/path/to/image.bin")
     factory = _factories.get(scheme)
     if factory is None:
         known = ", ".join(f"{name}:" for name in sorted(_factories))
@@ -162,9 +160,7 @@ class _FileWriter:
 
     def write(self, data: memoryview | bytes) -> None:
         if self.written + len(data) > self.size:
-            raise FlashError(
-                f"{self.path}: more than the announced {self.size} bytes were written"
-            )
+            raise FlashError(f"{self.path}: more than the announced {self.size} bytes were written")
         try:
             self._file.write(data)
         except OSError as error:

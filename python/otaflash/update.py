@@ -92,7 +92,11 @@ class StepReporter:
         if value == 100:
             force = True
         now = time.monotonic()
-        if not force and value - last < self.min_delta and now - self._last_time < self.min_interval:
+        if (
+            not force
+            and value - last < self.min_delta
+            and now - self._last_time < self.min_interval
+        ):
             return
         self._last_time = now
         self._send(value, desc)

@@ -152,8 +152,9 @@ def query_offer(
     """The device query, shared by the documented route and the fast path."""
     version = params.get("version")
     if version is None:
-        raise InputError("invalid request: query parameter 'version' (the device's current "
-                         "version) is missing")
+        raise InputError(
+            "invalid request: query parameter 'version' (the device's current version) is missing"
+        )
     try:
         source = int(params.get("from", "3"))
     except ValueError:
@@ -173,8 +174,16 @@ def query_offer(
     return {"update": offer}
 
 
-_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
-          "0": False, "false": False, "no": False, "off": False}
+_BOOLS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
 _QUERY_PATH = re.compile(r"^/api/v1/devices/([^/]+)/([^/]+)/update$")
 
 
@@ -198,8 +207,9 @@ class QueryFastPath:
         raw = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         params = {key: values[-1] for key, values in raw.items()}
         try:
-            status, body = 200, query_offer(
-                self.service, match[1], match[2], params, _base_url(scope)
+            status, body = (
+                200,
+                query_offer(self.service, match[1], match[2], params, _base_url(scope)),
             )
         except OtaflashError as error:
             status, body = _status_of(error), {"error": str(error), "hint": error.hint}
@@ -302,8 +312,9 @@ def _create_api(service: UpdateService, admin_token: str, max_upload: int) -> Fa
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/octet-stream": {"schema": {"type": "string",
-                                                                    "format": "binary"}}},
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
             }
         },
     )
@@ -398,8 +409,9 @@ def _create_api(service: UpdateService, admin_token: str, max_upload: int) -> Fa
         return Response(status_code=204)
 
     @app.get("/api/v1/devices/{pk}/{dn}", dependencies=[Admin], tags=["admin"])
-    def device(pk: Annotated[str, Path(max_length=64)], dn: Annotated[str, Path(max_length=64)]
-               ) -> dict[str, Any]:
+    def device(
+        pk: Annotated[str, Path(max_length=64)], dn: Annotated[str, Path(max_length=64)]
+    ) -> dict[str, Any]:
         """What a device reported: versions per module and its progress history."""
         service.require_product(pk)
         versions.validate_serial(dn)
@@ -435,8 +447,12 @@ def _create_api(service: UpdateService, admin_token: str, max_upload: int) -> Fa
         """The update for this device, or ``{"update": null}`` when it is up to date.
 
         (Served by ``QueryFastPath``; this route documents it and is the fallback.)"""
-        params = {"version": version, "module": module, "from": str(source),
-                  "delta": str(delta).lower()}
+        params = {
+            "version": version,
+            "module": module,
+            "from": str(source),
+            "delta": str(delta).lower(),
+        }
         return _json(query_offer(service, pk, dn, params, str(request.base_url)))
 
     @app.post("/api/v1/devices/{pk}/{dn}/inform", status_code=204, tags=["device"])

@@ -63,7 +63,9 @@ class MqttBridge:
             if kind == "inform":
                 self.service.inform(pk, dn, module, str(params.get("version", "")))
             elif kind == "progress":
-                self.service.progress(pk, dn, module, params.get("step"), str(params.get("desc", "")))
+                self.service.progress(
+                    pk, dn, module, params.get("step"), str(params.get("desc", ""))
+                )
         except (OtaflashError, ValueError) as error:
             # MQTT has no error reply for inform/progress: log it, keep serving.
             log.warning("ignored %s from %s/%s: %s", kind, pk, dn, error)

@@ -161,7 +161,9 @@ class EmbeddedServer:
         if self._bridge is not None:
             self._bridge.start()
         self._server = uvicorn.Server(_uvicorn_config(app, self.config))
-        self._thread = threading.Thread(target=self._server.run, name="otaflash-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, name="otaflash-server", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:

@@ -104,7 +104,9 @@ class UpdateService:
         try:
             value = int(step)
         except (TypeError, ValueError):
-            raise InputError(f"invalid progress step {step!r}: use 1..100, -1, -2, -3 or -4") from None
+            raise InputError(
+                f"invalid progress step {step!r}: use 1..100, -1, -2, -3 or -4"
+            ) from None
         if value not in VALID_STEPS:
             raise InputError(f"invalid progress step {value}: use 1..100, -1, -2, -3 or -4")
         if len(desc) > 4096:

@@ -348,9 +348,7 @@ class Store:
             if exists:
                 raise DuplicatePackage(spec.product_key, spec.module, spec.version, exists.id)
             if not conn.execute(
-                sa.select(products.c.product_key).where(
-                    products.c.product_key == spec.product_key
-                )
+                sa.select(products.c.product_key).where(products.c.product_key == spec.product_key)
             ).first():
                 conn.execute(
                     products.insert().values(product_key=spec.product_key, created_at=time.time())
@@ -373,8 +371,14 @@ class Store:
             ).inserted_primary_key[0]
             conn.execute(
                 artifacts.insert(),
-                [{"package_id": package_id, "blob": spec.full, "from_version": None,
-                  "name": spec.full_name}]
+                [
+                    {
+                        "package_id": package_id,
+                        "blob": spec.full,
+                        "from_version": None,
+                        "name": spec.full_name,
+                    }
+                ]
                 + [
                     {"package_id": package_id, "blob": sha, "from_version": source, "name": name}
                     for source, sha, name in spec.deltas
@@ -446,8 +450,14 @@ class Store:
 
     def _load(self, *conditions: Any) -> list[Package]:
         query = (
-            sa.select(packages, artifacts.c.blob, artifacts.c.from_version, artifacts.c.name,
-                      blobs.c.size, blobs.c.md5)
+            sa.select(
+                packages,
+                artifacts.c.blob,
+                artifacts.c.from_version,
+                artifacts.c.name,
+                blobs.c.size,
+                blobs.c.md5,
+            )
             .join(artifacts, artifacts.c.package_id == packages.c.id)
             .join(blobs, blobs.c.sha256 == artifacts.c.blob)
             .where(*conditions)
@@ -501,9 +511,7 @@ class Store:
                 .where(progress.c.product_key == product_key, progress.c.device_name == device_name)
                 .order_by(progress.c.id)
             ).all()
-        return [
-            {"module": r.module, "step": r.step, "desc": r.desc, "at": r.at} for r in rows
-        ]
+        return [{"module": r.module, "step": r.step, "desc": r.desc, "at": r.at} for r in rows]
 
     def device_state(self, product_key: str, device_name: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
