@@ -156,14 +156,16 @@ class AdminClient:
         module: str = "default",
         version: str | None = None,
     ) -> dict[str, Any]:
-        """Server push (``source="push"``, from 2) or app trigger (``"trigger"``, from 1)."""
+        """Server push (``source="push"``, from 2) or app trigger (``"trigger"``, from 1).
+
+        Returns the offer sent to the device."""
         if source not in {"push", "trigger"}:
             raise ValueError(f"source must be push or trigger, not {source!r}")
         result: dict[str, Any] = self._call(
             "POST",
             f"/api/v1/devices/{product_key}/{device_name}/{source}",
             json_body={"module": module, "version": version},
-        )
+        )["sent"]
         return result
 
 

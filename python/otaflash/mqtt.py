@@ -65,6 +65,7 @@ class MqttConnection:
         self._client.on_message = self._on_message
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._keepalive = keepalive
+        self._network_thread: threading.Thread | None = None
 
     def start(self, timeout: float = 10.0) -> MqttConnection:
         """Connects and subscribes; RuleError when the broker cannot be reached in time."""
@@ -75,6 +76,7 @@ class MqttConnection:
                 f"cannot reach the MQTT broker at {self.host}:{self.port}: {error.strerror or error}"
             ) from None
         self._client.loop_start()
+        self._network_thread = getattr(self._client, "_thread", None)
         if not self._subscribed.wait(timeout):
             self.stop()
             raise RuleError(
@@ -88,9 +90,13 @@ class MqttConnection:
         self._client.loop_stop()
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, timeout: float = 10.0) -> None:
+        """Publishes; waits for the broker's ack unless called from a message handler
+        (paho's network thread cannot wait for an ack it has to read itself)."""
         info = self._client.publish(topic, payload, qos=qos)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise RuleError(f"MQTT publish to {topic} failed: {paho.error_string(info.rc)}")
+        if threading.current_thread() is self._network_thread:
+            return
         info.wait_for_publish(timeout)
         if not info.is_published():
             raise RuleError(f"the MQTT broker did not acknowledge the message to {topic}")

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             source=args.action,
             module=args.module,
             version=args.device_version,
-        )["sent"]
+        )
         out.result(f"sent {sent['version']} to {args.ids[0]}/{args.ids[1]}", sent)
         return 0
     if not args.ids:
