@@ -5,8 +5,8 @@ The update flow (:mod:`otaflash.update`) needs exactly this from a target:
 
 ``open_target(uri) -> Target``
     ``Target.current_image()`` — the running image as an :class:`ImageReader`
-    (``size``, ``read_at(offset, length)``), the old image a delta applies to;
-    None when there is none.
+    (``size``, ``read_at(offset, length)``, ``close()``), the old image a delta
+    applies to; None when there is none.
 
     ``Target.begin(size) -> ImageWriter`` — starts writing a new image of
     ``size`` bytes somewhere the running one is safe (the inactive A/B slot, a
@@ -24,7 +24,8 @@ The update flow (:mod:`otaflash.update`) needs exactly this from a target:
 Delta application is one function in the same seam, registered by the delta
 engine: ``make_delta_sink(old: ImageReader, out: ImageWriter) -> PatchSink``,
 where the patch sink takes the patch bytes through ``write(chunk)`` and
-``finish()`` and writes the new image into ``out``. Until one is registered
+``finish()`` (the end of the patch) and writes the new image into ``out``; the
+update flow then calls ``out.finish()``, ``verify`` and ``commit`` itself. Until one is registered
 (:func:`register_delta_applier`), :func:`delta_available` is False and the
 client asks the server for full images only.
 
@@ -62,6 +63,8 @@ class ImageReader(Protocol):
     def size(self) -> int: ...
 
     def read_at(self, offset: int, length: int) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 class ImageWriter(Protocol):
@@ -168,6 +171,8 @@ class _FileWriter:
         self.written += len(data)
 
     def finish(self) -> None:
+        if self._file.closed:
+            return
         try:
             self._file.flush()
             os.fsync(self._file.fileno())

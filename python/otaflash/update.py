@@ -180,6 +180,7 @@ def run_update(
     reporter = StepReporter(client, on_step=on_step)
     result = UpdateResult("updated", from_version, offer.version, offer, steps=reporter.sent)
     writer: targets.ImageWriter | None = None
+    old_image: targets.ImageReader | None = None
     try:
         reporter.step(1, f"downloading {offer.version}", force=True)
         image_size = offer.image_size if offer.image_size is not None else offer.size
@@ -189,7 +190,12 @@ def run_update(
         if image_sha256 is None:
             raise RuleError("the offer has no SHA-256 to verify the written image against")
         writer = target.begin(image_size)
-        sink = _sink_for(offer, target, writer)
+        sink: targets.PatchSink | targets.ImageWriter = writer
+        if offer.is_diff:
+            old_image = target.current_image()
+            if old_image is None:
+                raise FlashError(f"{target.uri} has no current image for the delta to apply to")
+            sink = targets.delta_applier()(old_image, writer)
 
         def on_download(operation: str, done: int, total: int | None) -> None:
             if progress is not None:
@@ -208,8 +214,7 @@ def run_update(
             **(download_options or {}),
         )
         sink.finish()
-        if sink is not writer:
-            writer.finish()
+        writer.finish()
         timings["download"] = time.monotonic() - mark
         reporter.step(VERIFY_STEP, "verifying", force=True)
         mark = time.monotonic()
@@ -228,23 +233,15 @@ def run_update(
         elif isinstance(error, KeyboardInterrupt):
             reporter.fail(STEP_FAILED, "interrupted")
         raise
+    finally:
+        if old_image is not None:
+            old_image.close()
     mark = time.monotonic()
     client.inform(offer.version)
     timings["report"] = time.monotonic() - mark
     timings["total"] = time.monotonic() - started
     result.seconds = timings
     return result
-
-
-def _sink_for(
-    offer: Offer, target: targets.Target, writer: targets.ImageWriter
-) -> targets.PatchSink | targets.ImageWriter:
-    if not offer.is_diff:
-        return writer
-    old = target.current_image()
-    if old is None:
-        raise FlashError(f"{target.uri} has no current image for the delta to apply to")
-    return targets.delta_applier()(old, writer)
 
 
 def _describe(error: BaseException) -> str:
