@@ -9,6 +9,11 @@ requirements=(
     "md5sum coreutils"
     "sha256sum coreutils"
     "sha1sum coreutils"
+    # The update service's peers: a real MQTT broker for the Alibaba IoT topics,
+    # and the load generator and reference file server of its benchmarks.
+    "- mosquitto"
+    "wrk wrk"
+    "- nginx-light"
 )
 
 missing=()

@@ -8,15 +8,17 @@ import threading
 from pathlib import Path
 
 import pytest
-from servicekit import CuttingServer, image
 
 from otaflash.download import Expected, download
 from otaflash.errors import Cancelled, DownloadError, VerifyError
+from servicekit import CuttingServer, image
 
 SIZE = 256 * 1024
 CHUNK = 16 * 1024
 DATA = image(SIZE, 7)
-EXPECTED = Expected(SIZE, md5=hashlib.md5(DATA).hexdigest(), sha256=hashlib.sha256(DATA).hexdigest())
+EXPECTED = Expected(
+    SIZE, md5=hashlib.md5(DATA).hexdigest(), sha256=hashlib.sha256(DATA).hexdigest()
+)
 
 
 @pytest.fixture(name="http")

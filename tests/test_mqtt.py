@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servicekit import Broker, CuttingServer, Recorder, broker_fixture, image, write  # noqa: F401
 
 from otaflash import targets
 from otaflash.admin import AdminClient
 from otaflash.client import MqttChannel, OtaClient
 from otaflash.server import EmbeddedServer
 from otaflash.update import run_update
+from servicekit import Broker, CuttingServer, Recorder, broker_fixture, image, write  # noqa: F401
 
 PK, DN = "a1B2c3", "dev-001"
 
@@ -67,9 +67,12 @@ def test_alibaba_device_works_with_our_server(
     device.publish(f"/sys/{PK}/{DN}/thing/ota/firmware/get", get)
     topic, reply = device.next()
     assert topic == f"/sys/{PK}/{DN}/thing/ota/firmware/get_reply"
-    assert reply["id"] == "123" and reply["code"] == 200  # the integer, in replies
+    assert reply["id"] == "123"
+    assert reply["code"] == 200  # the integer, in replies
     data = reply["data"]
-    assert data["isDiff"] == 1 and data["version"] == "1.1.0" and data["size"] == 2_000
+    assert data["isDiff"] == 1
+    assert data["version"] == "1.1.0"
+    assert data["size"] == 2_000
     md5 = hashlib.md5(patch.read_bytes()).hexdigest()
     assert (data["signMethod"], data["sign"], data["md5"]) == ("Md5", md5, md5)
     assert "module" not in data  # omitted for the default module
@@ -80,7 +83,8 @@ def test_alibaba_device_works_with_our_server(
     assert wait_for(lambda: admin.device(PK, DN)["modules"][0]["version"] == "0.9")
     device.publish(f"/sys/{PK}/{DN}/thing/ota/firmware/get", {**get, "id": "124"})
     _, reply = device.next()
-    assert "isDiff" not in reply["data"] and reply["data"]["size"] == 30_000
+    assert "isDiff" not in reply["data"]
+    assert reply["data"]["size"] == 30_000
 
     for step in ("1", "50", "-3"):
         device.publish(
@@ -93,9 +97,11 @@ def test_alibaba_device_works_with_our_server(
     sent = admin.notify(PK, DN, source="push")
     topic, push = device.next()
     assert topic == f"/ota/device/upgrade/{PK}/{DN}"
-    assert push["code"] == "1000" and push["message"] == "success"  # the string, in pushes
+    assert push["code"] == "1000"
+    assert push["message"] == "success"  # the string, in pushes
     assert isinstance(push["id"], str)
-    assert push["data"]["from"] == 2 and push["data"]["version"] == sent["version"]
+    assert push["data"]["from"] == 2
+    assert push["data"]["version"] == sent["version"]
     admin.notify(PK, DN, source="trigger")
     assert device.next()[1]["data"]["from"] == 1
 
@@ -111,12 +117,16 @@ def test_unknown_product_and_garbage_get_an_error_reply(
 ) -> None:
     other = Recorder(broker.url, ["/sys/nope/d1/thing/ota/firmware/get_reply"], "nope.d1")
     try:
-        other.publish("/sys/nope/d1/thing/ota/firmware/get", {"id": "7", "params": {"version": "1"}})
+        other.publish(
+            "/sys/nope/d1/thing/ota/firmware/get", {"id": "7", "params": {"version": "1"}}
+        )
         _, reply = other.next()
-        assert reply["code"] == 404 and "unknown product key" in reply["message"]
+        assert reply["code"] == 404
+        assert "unknown product key" in reply["message"]
         other.publish("/sys/nope/d1/thing/ota/firmware/get", b"\xff not json")
         _, reply = other.next()
-        assert reply["code"] == 400 and "not JSON" in reply["message"]
+        assert reply["code"] == 400
+        assert "not JSON" in reply["message"]
     finally:
         other.close()
 
@@ -133,7 +143,8 @@ def test_our_client_over_mqtt_hears_queries_pushes_and_app_triggers(
     try:
         client.inform()
         offer = client.query_update()
-        assert offer is not None and offer.sign_method == "md5"
+        assert offer is not None
+        assert offer.sign_method == "md5"
         expected_tail = ("T", "D", offer.url, hashlib.md5(data).hexdigest())
         assert results.get(timeout=5) == (3, True, "7", *expected_tail)
         admin.notify(PK, DN, source="push")
@@ -165,12 +176,14 @@ def test_our_client_with_a_broker_based_cloud(broker: Broker, tmp_path: Path) ->
         client.inform()
         topic, inform = cloud.next()
         assert topic == f"/ota/device/inform/{PK}/{DN}"
-        assert inform["params"] == {"version": "1.0.0"} and isinstance(inform["id"], str)
+        assert inform["params"] == {"version": "1.0.0"}
+        assert isinstance(inform["id"], str)
 
         def answer() -> None:
             topic, get = cloud.next()
             assert topic == f"/sys/{PK}/{DN}/thing/ota/firmware/get"
-            assert get["method"] == "thing.ota.firmware.get" and get["version"] == "1.0"
+            assert get["method"] == "thing.ota.firmware.get"
+            assert get["version"] == "1.0"
             cloud.publish(
                 f"/sys/{PK}/{DN}/thing/ota/firmware/get_reply",
                 {
@@ -193,8 +206,10 @@ def test_our_client_with_a_broker_based_cloud(broker: Broker, tmp_path: Path) ->
         responder.start()
         result = run_update(client, targets.open_target(f"file:{target}"))
         responder.join()
-        assert result.status == "updated" and target.read_bytes() == data
-        assert result.download is not None and result.download.requests == 2
+        assert result.status == "updated"
+        assert target.read_bytes() == data
+        assert result.download is not None
+        assert result.download.requests == 2
         steps, informed = [], None
         while informed is None:
             topic, message = cloud.next()
@@ -203,8 +218,11 @@ def test_our_client_with_a_broker_based_cloud(broker: Broker, tmp_path: Path) ->
                 steps.append(int(message["params"]["step"]))
             elif "/inform/" in topic:
                 informed = message["params"]["version"]
-        assert steps == sorted(steps) and steps[0] >= 1 and steps.count(100) == 1
-        assert steps[-1] == 100 and informed == "1.0.1"
+        assert steps == sorted(steps)
+        assert steps[0] >= 1
+        assert steps.count(100) == 1
+        assert steps[-1] == 100
+        assert informed == "1.0.1"
     finally:
         client.close()
         cloud.close()
@@ -218,10 +236,25 @@ def test_watch_cli_hears_schedule_push_and_trigger(
     admin.publish(PK, "3", write(tmp_path / "fw", image(1000, 9)))
     watch = subprocess.Popen(
         [
-            sys.executable, "-m", "otaflash", "watch", "--json",
-            "--server", bridged.url, "--mqtt", broker.url,
-            "--product", PK, "--device", DN, "--current", "2",
-            "--interval", "3600", "--count", "3",
+            sys.executable,
+            "-m",
+            "otaflash",
+            "watch",
+            "--json",
+            "--server",
+            bridged.url,
+            "--mqtt",
+            broker.url,
+            "--product",
+            PK,
+            "--device",
+            DN,
+            "--current",
+            "2",
+            "--interval",
+            "3600",
+            "--count",
+            "3",
         ],
         stdout=subprocess.PIPE,
         text=True,

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 import urllib3
-from servicekit import admin_fixture, image, server_fixture, write  # noqa: F401
 
 from otaflash.admin import AdminClient
 from otaflash.client import HttpChannel, OtaClient
 from otaflash.errors import RuleError
 from otaflash.server import EmbeddedServer, ServerProcess
+from servicekit import admin_fixture, image, server_fixture, write  # noqa: F401
 
 http = urllib3.PoolManager(retries=False)
 
@@ -52,13 +52,16 @@ def test_publish_computes_size_md5_sha256_and_the_device_gets_it(
         hashlib.sha256(data).hexdigest(),
         100_000,
     )
-    assert offer["signMethod"] == "SHA256" and offer["sign"] == offer["sha256"]
-    assert offer["from"] == 3 and offer["forced"] is False
+    assert offer["signMethod"] == "SHA256"
+    assert offer["sign"] == offer["sha256"]
+    assert offer["from"] == 3
+    assert offer["forced"] is False
     assert (offer["title"], offer["desc"]) == ("Fix", "notes")
     assert "isDiff" not in offer
     assert http.request("GET", offer["url"]).data == data
     ranged = http.request("GET", offer["url"], headers={"Range": "bytes=99990-"})
-    assert ranged.status == 206 and ranged.data == data[99990:]
+    assert ranged.status == 206
+    assert ranged.data == data[99990:]
     assert ranged.headers["Content-Range"] == "bytes 99990-99999/100000"
     assert query(server, "pk1", "SN1", "1.2.0") is None
     assert query(server, "pk1", "SN1", "1.3") is None
@@ -96,7 +99,8 @@ def test_forced_flag_and_module_travel_with_the_offer(
     publish(admin, tmp_path, "3", forced=True, module="mcu")
     assert query(server, "pk1", "SN", "2") is None  # default module has nothing
     offer = query(server, "pk1", "SN", "2", module="mcu")
-    assert offer["forced"] is True and offer["module"] == "mcu"
+    assert offer["forced"] is True
+    assert offer["module"] == "mcu"
 
 
 def test_delta_only_from_the_exact_current_version(
@@ -106,13 +110,16 @@ def test_delta_only_from_the_exact_current_version(
     patch = write(tmp_path / "1.0-to-2.0.patch", image(3000, 3))
     publish(admin, tmp_path, "2.0", data=full, deltas={"1.0": patch})
     delta = query(server, "pk1", "SN", "1.0")
-    assert delta["isDiff"] == 1 and delta["fromVersion"] == "1.0"
-    assert delta["size"] == 3000 and delta["sha256"] == hashlib.sha256(patch.read_bytes()).hexdigest()
+    assert delta["isDiff"] == 1
+    assert delta["fromVersion"] == "1.0"
+    assert delta["size"] == 3000
+    assert delta["sha256"] == hashlib.sha256(patch.read_bytes()).hexdigest()
     assert delta["imageSize"] == 50_000
     assert delta["imageSha256"] == hashlib.sha256(full).hexdigest()
     for other in ("1.0.1", "0.9", "1"):
         offer = query(server, "pk1", "SN", other)
-        assert "isDiff" not in offer and offer["size"] == 50_000, other
+        assert "isDiff" not in offer, other
+        assert offer["size"] == 50_000, other
     assert "isDiff" not in query(server, "pk1", "SN", "1.0", delta="false")
 
 
@@ -122,7 +129,9 @@ def test_rollout_admits_a_stable_share(
     package = publish(admin, tmp_path, "5", rollout=30)
     admitted = {sn for sn in (f"SN{i}" for i in range(400)) if query(server, "pk1", sn, "4")}
     assert 80 <= len(admitted) <= 160
-    assert admitted == {sn for sn in (f"SN{i}" for i in range(400)) if query(server, "pk1", sn, "4")}
+    assert admitted == {
+        sn for sn in (f"SN{i}" for i in range(400)) if query(server, "pk1", sn, "4")
+    }
     admin.set_enabled(package["id"], False)
     assert all(query(server, "pk1", f"SN{i}", "4") is None for i in range(20))
 
@@ -143,7 +152,7 @@ def test_list_disable_enable_delete(
     admin.delete(first["id"])
     assert not blob.exists()
     assert query(server, "pk1", "SN", "1.0") is None
-    with pytest.raises(RuleError, match="404.*no package"):
+    with pytest.raises(RuleError, match=r"404.*no package"):
         admin.delete(first["id"])
 
 
@@ -171,7 +180,7 @@ def bad(server: EmbeddedServer, method: str, path: str, **kwargs: Any) -> tuple[
 def db_snapshot(server: EmbeddedServer) -> list[Any]:
     with sqlite3.connect(server.config.data_dir / "otaflash.db") as db:
         return [
-            db.execute(f"SELECT * FROM {t}").fetchall()  # noqa: S608 - fixed table names
+            db.execute(f"SELECT * FROM {t}").fetchall()
             for t in ("products", "blobs", "packages", "artifacts", "devices", "progress")
         ]
 
@@ -185,16 +194,19 @@ def test_bad_input_gets_a_clear_4xx_and_leaves_the_database_intact(
     good = {"productKey": "pk1", "version": "9", "sha256": package["full"]["sha256"]}
 
     status, message = bad(server, "POST", "/api/v1/packages", body=b"{not json", headers=auth)
-    assert status == 400 and "JSON" in message
+    assert status == 400
+    assert "JSON" in message
     status, message = bad(
         server, "POST", "/api/v1/packages", body=json.dumps(good).encode(), headers={}
     )
-    assert status == 401 and "admin token" in message
+    assert status == 401
+    assert "admin token" in message
     wrong = {**auth, "Authorization": "Bearer nope"}
     assert bad(server, "POST", "/api/v1/uploads", body=b"x", headers=wrong)[0] == 401
     assert bad(server, "GET", "/api/v1/packages", headers=wrong)[0] == 401
     status, message = bad(server, "GET", "/api/v1/devices/nope/SN/update?version=1")
-    assert status == 404 and "unknown product key 'nope'" in message
+    assert status == 404
+    assert "unknown product key 'nope'" in message
     for field, value in (
         ("productKey", "../../etc"),
         ("module", "a/b"),
@@ -204,39 +216,43 @@ def test_bad_input_gets_a_clear_4xx_and_leaves_the_database_intact(
     ):
         body = json.dumps({**good, field: value}).encode()
         status, message = bad(server, "POST", "/api/v1/packages", body=body, headers=auth)
-        assert status == 400 and field in message, message
+        assert status == 400, message
+        assert field in message, message
     body = json.dumps({**good, "name": "../../evil.bin"}).encode()
     assert bad(server, "POST", "/api/v1/packages", body=body, headers=auth)[0] == 400
     body = json.dumps({**good, "sha256": "0" * 64}).encode()
     status, message = bad(server, "POST", "/api/v1/packages", body=body, headers=auth)
-    assert status == 404 and "SHA-256" in message
+    assert status == 404
+    assert "SHA-256" in message
     body = json.dumps({**good, "version": "1.0"}).encode()
     status, message = bad(server, "POST", "/api/v1/packages", body=body, headers=auth)
-    assert status == 409 and "already published" in message
+    assert status == 409
+    assert "already published" in message
     body = json.dumps({**good, "scope": "test"}).encode()
     assert "serial numbers" in bad(server, "POST", "/api/v1/packages", body=body, headers=auth)[1]
     body = json.dumps({**good, "rollout": 101}).encode()
     assert "rollout" in bad(server, "POST", "/api/v1/packages", body=body, headers=auth)[1]
-    status, message = bad(
-        server, "GET", "/api/v1/devices/pk1/..%2F..%2Fetc/update?version=1"
-    )
+    status, message = bad(server, "GET", "/api/v1/devices/pk1/..%2F..%2Fetc/update?version=1")
     assert status in (400, 404)
     status, message = bad(server, "GET", "/artifacts/..%2F..%2Fotaflash.db")
     assert status in (400, 404)
     assert bad(server, "GET", "/api/v1/devices/pk1/SN/update")[1].startswith("invalid request")
     status, message = bad(
-        server, "POST", "/api/v1/devices/pk1/SN/progress", body=b'{"step":"7000"}',
+        server,
+        "POST",
+        "/api/v1/devices/pk1/SN/progress",
+        body=b'{"step":"7000"}',
         headers={"Content-Type": "application/json"},
     )
     assert "progress step 7000" in message
     # 8 MiB limit in this fixture: refused from the Content-Length, before reading it.
-    status, message = bad(
-        server, "POST", "/api/v1/uploads", body=b"\0" * (9 << 20), headers=auth
-    )
-    assert status == 413 and "limit" in message
+    status, message = bad(server, "POST", "/api/v1/uploads", body=b"\0" * (9 << 20), headers=auth)
+    assert status == 413
+    assert "limit" in message
     assert db_snapshot(server) == before
-    assert not [p for p in (server.config.data_dir / "artifacts").iterdir()
-                if p.name.startswith(".upload-")]
+    assert not [
+        p for p in (server.config.data_dir / "artifacts").iterdir() if p.name.startswith(".upload-")
+    ]
 
 
 def test_openapi_documents_the_device_and_admin_api(server: EmbeddedServer) -> None:
@@ -268,7 +284,9 @@ def test_restart_keeps_packages_devices_and_progress(tmp_path: Path) -> None:
         server.stop(kill=True)  # SIGKILL: no clean shutdown
         server.start()
         offer = client.query_update()
-        assert offer is not None and offer.forced and offer.size == 200_000
+        assert offer is not None
+        assert offer.forced
+        assert offer.size == 200_000
         assert http.request("GET", offer.url).data == data
         state = admin.device("pk1", "SN1")
         assert state["modules"][0]["version"] == "1"

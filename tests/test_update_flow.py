@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servicekit import admin_fixture, image, server_fixture, write  # noqa: F401
 
 from otaflash import targets
 from otaflash.admin import AdminClient
@@ -19,6 +18,7 @@ from otaflash.cli import main
 from otaflash.client import HttpChannel, OtaClient
 from otaflash.server import EmbeddedServer, ServerProcess
 from otaflash.update import run_update
+from servicekit import admin_fixture, image, server_fixture, write  # noqa: F401
 
 NEW = image(700_000, 21)
 OLD = image(700_000, 22)
@@ -58,17 +58,23 @@ def test_optional_update_needs_yes_then_installs_with_steps_in_order(
 ) -> None:
     admin.publish("pk", "1.1", write(tmp_path / "fw", NEW), title="New")
     code, lines = update(capsys, server, device)
-    assert code == 0 and lines[-1]["status"] == "declined"
-    assert device.read_bytes() == OLD and steps_of(lines) == []
+    assert code == 0
+    assert lines[-1]["status"] == "declined"
+    assert device.read_bytes() == OLD
+    assert steps_of(lines) == []
     assert admin.device("pk", "SN1")["progress"] == []
 
     code, lines = update(capsys, server, device, "--yes")
     assert code == 0, lines
     steps = steps_of(lines)
-    assert steps[0] == 1 and steps[-1] == 100 and steps.count(100) == 1
-    assert steps == sorted(set(steps)) and all(1 <= s <= 100 for s in steps)
+    assert steps[0] == 1
+    assert steps[-1] == 100
+    assert steps.count(100) == 1
+    assert steps == sorted(set(steps))
+    assert all(1 <= s <= 100 for s in steps)
     result = lines[-1]
-    assert result["status"] == "updated" and result["toVersion"] == "1.1"
+    assert result["status"] == "updated"
+    assert result["toVersion"] == "1.1"
     assert result["sha256"] == hashlib.sha256(NEW).hexdigest()
     assert device.read_bytes() == NEW
     assert not device.with_name("device.img.otaflash-new").exists()
@@ -86,7 +92,8 @@ def test_forced_update_installs_without_asking(
 ) -> None:
     admin.publish("pk", "1.1", write(tmp_path / "fw", NEW), forced=True)
     code, lines = update(capsys, server, device)
-    assert code == 0 and lines[-1]["status"] == "updated"
+    assert code == 0
+    assert lines[-1]["status"] == "updated"
     assert device.read_bytes() == NEW
 
 
@@ -104,7 +111,8 @@ def test_tampered_artifact_is_rejected_with_minus_3_and_nothing_is_flashed(
     blob.write_bytes(tampered)
     code, lines = update(capsys, server, device)
     assert code == 4
-    assert steps_of(lines)[-1] == -3 and 100 not in steps_of(lines)
+    assert steps_of(lines)[-1] == -3
+    assert 100 not in steps_of(lines)
     assert "SHA-256 mismatch" in lines[-1]["error"]
     assert device.read_bytes() == OLD
     assert not device.with_name("device.img.otaflash-new").exists()
@@ -121,7 +129,8 @@ def test_missing_artifact_is_a_download_failure_minus_2(
     package = admin.publish("pk", "1.1", write(tmp_path / "fw", NEW), forced=True)
     (server.config.data_dir / "artifacts" / package["full"]["sha256"]).unlink()
     code, lines = update(capsys, server, device)
-    assert code == 8 and steps_of(lines) == [1, -2]
+    assert code == 8
+    assert steps_of(lines) == [1, -2]
     assert device.read_bytes() == OLD
 
 
@@ -135,7 +144,8 @@ def test_write_failure_is_minus_4(
     admin.publish("pk", "1.1", write(tmp_path / "fw", NEW), forced=True)
     device.with_name("device.img.otaflash-new").mkdir()  # the side file cannot be created
     code, lines = update(capsys, server, device)
-    assert code == 6 and steps_of(lines)[-1] == -4
+    assert code == 6
+    assert steps_of(lines)[-1] == -4
     assert device.read_bytes() == OLD
 
 
@@ -145,9 +155,11 @@ def test_up_to_date_and_bad_target(
 ) -> None:  # fmt: skip
     admin.publish("pk", "1.0", write(tmp_path / "fw", NEW))
     code, lines = update(capsys, server, device)
-    assert code == 0 and lines[-1]["status"] == "up-to-date"
+    assert code == 0
+    assert lines[-1]["status"] == "up-to-date"
     code, lines = update(capsys, server, tmp_path / "nodir" / "x.img")
-    assert code == 3 and "does not exist" in lines[-1]["error"]
+    assert code == 3
+    assert "does not exist" in lines[-1]["error"]
     code = main(["update", "--server", server.url, "--product", "pk", "--device", "SN1",
                  "--current", "1.0", "--target", "mtd:/dev/mtd0"])  # fmt: skip
     assert code == 3
@@ -183,7 +195,8 @@ def test_delta_is_used_only_when_an_applier_is_built_in(
     admin.publish("pk", "1.1", write(tmp_path / "fw", NEW), deltas={"1.0": patch})
     client = OtaClient(HttpChannel(server.url, "pk", "SN1"), version="1.0")
     result = run_update(client, targets.open_target(f"file:{device}"))
-    assert result.offer is not None and not result.offer.is_diff  # no engine: full image
+    assert result.offer is not None
+    assert not result.offer.is_diff  # no engine: full image
     assert device.read_bytes() == NEW
 
 
@@ -195,7 +208,8 @@ def test_delta_through_the_seam_is_verified_against_the_new_image(
     admin.publish("pk", "1.1", write(tmp_path / "fw", NEW), deltas={"1.0": patch})
     client = OtaClient(HttpChannel(server.url, "pk", "SN1"), version="1.0")
     result = run_update(client, targets.open_target(f"file:{device}"))
-    assert result.offer is not None and result.offer.is_diff
+    assert result.offer is not None
+    assert result.offer.is_diff
     assert device.read_bytes() == NEW
     # The same patch on the wrong old image passes the download check but not the
     # read-back of the result: -3, and the device keeps what it had.
@@ -208,7 +222,8 @@ def test_delta_through_the_seam_is_verified_against_the_new_image(
         run_update(
             client, targets.open_target(f"file:{device}"), on_step=lambda s, _d: steps.append(s)
         )
-    assert steps[-1] == -3 and device.read_bytes() == bytes(wrong)
+    assert steps[-1] == -3
+    assert device.read_bytes() == bytes(wrong)
 
 
 def test_serve_publish_packages_check_from_the_command_line(tmp_path: Path) -> None:
@@ -222,6 +237,7 @@ def test_serve_publish_packages_check_from_the_command_line(tmp_path: Path) -> N
                 capture_output=True,
                 text=True,
                 timeout=60,
+                check=False,
                 env={"OTAFLASH_SERVER": server.url, "OTAFLASH_ADMIN_TOKEN": env_token,
                      "PATH": "/usr/bin:/bin"},
             )  # fmt: skip
@@ -229,13 +245,15 @@ def test_serve_publish_packages_check_from_the_command_line(tmp_path: Path) -> N
         done = cli("publish", "--json", "pk", "2", str(fw), "--forced", "--test-sn", "SN7")
         assert done.returncode == 0, done.stderr
         package = json.loads(done.stdout)
-        assert package["scope"] == "test" and package["serials"] == ["SN7"]
+        assert package["scope"] == "test"
+        assert package["serials"] == ["SN7"]
         check = cli("check", "--json", "--product", "pk", "--device", "SN7", "--current", "1")
         assert json.loads(check.stdout)["update"]["version"] == "2"
         check = cli("check", "--json", "--product", "pk", "--device", "SN8", "--current", "1")
         assert json.loads(check.stdout)["update"] is None
         listed = cli("packages", "list")
-        assert listed.returncode == 0 and "\t2\ttest\tforced\t100%\tenabled" in listed.stdout
+        assert listed.returncode == 0
+        assert "\t2\ttest\tforced\t100%\tenabled" in listed.stdout
         assert cli("packages", "disable", str(package["id"])).returncode == 0
         check = cli("check", "--json", "--product", "pk", "--device", "SN7", "--current", "1")
         assert json.loads(check.stdout)["update"] is None
@@ -244,7 +262,8 @@ def test_serve_publish_packages_check_from_the_command_line(tmp_path: Path) -> N
         wrong = subprocess.run(
             [sys.executable, "-m", "otaflash", "packages", "list", "--server", server.url,
              "--token", "wrong"],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
-        assert wrong.returncode == 9 and "admin token" in wrong.stderr
+        assert wrong.returncode == 9
+        assert "admin token" in wrong.stderr
         assert "Traceback" not in wrong.stderr

@@ -3,15 +3,16 @@
 One place for the wire format, used by both the server's MQTT bridge and the
 device client, so the two cannot drift apart:
 
-========  ==============================================  =========================
-dir       topic                                           payload
-========  ==============================================  =========================
-up        ``/ota/device/inform/${pk}/${dn}``              ``{"id","params":{"version","module"?}}``
-down      ``/ota/device/upgrade/${pk}/${dn}``             ``{"code":"1000","id","message":"success","data":{...}}``
-up        ``/ota/device/progress/${pk}/${dn}``            ``{"id","params":{"step":"N","desc","module"?}}``
-up        ``/sys/${pk}/${dn}/thing/ota/firmware/get``     ``{"id","version":"1.0","params":{"module"?},"method":"thing.ota.firmware.get"}``
-down      ``/sys/${pk}/${dn}/thing/ota/firmware/get_reply``  ``{"id","code":200,"data":{...} or {}}``
-========  ==============================================  =========================
+* up ``/ota/device/inform/${pk}/${dn}``:
+  ``{"id","params":{"version","module"?}}``
+* down ``/ota/device/upgrade/${pk}/${dn}``:
+  ``{"code":"1000","id","message":"success","data":{...}}``
+* up ``/ota/device/progress/${pk}/${dn}``:
+  ``{"id","params":{"step":"N","desc","module"?}}``
+* up ``/sys/${pk}/${dn}/thing/ota/firmware/get``:
+  ``{"id","version":"1.0","params":{"module"?},"method":"thing.ota.firmware.get"}``
+* down ``/sys/${pk}/${dn}/thing/ota/firmware/get_reply``:
+  ``{"id","code":200,"data":{...} or {}}``
 
 Quirks kept exactly: ``code`` is the *string* ``"1000"`` in pushes and the
 *integer* ``200`` in replies; ``step`` is a string; ``module`` is left out for
@@ -21,8 +22,9 @@ the ``default`` module; ``md5`` is present only when ``signMethod`` is MD5;
 number or a string of one.
 
 ``data`` may carry fields Alibaba does not define (``forced``, ``title``,
-``desc``, ``from``, ``sha256``, ``imageSize``, ``imageSha256``, ``fromVersion``): Alibaba's SDKs
-read only the keys they know, and our client reads them when present.
+``desc``, ``from``, ``sha256``, ``imageSize``, ``imageSha256``,
+``fromVersion``): Alibaba's SDKs read only the keys they know, and our client
+reads them when present.
 """
 
 from __future__ import annotations
@@ -34,10 +36,10 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_MODULE",
-    "error_reply_payload",
     "FIRMWARE_GET_METHOD",
     "PUSH_CODE",
     "REPLY_CODE",
+    "error_reply_payload",
     "firmware_get_payload",
     "inform_payload",
     "parse_message",

@@ -40,7 +40,8 @@ import urllib3
 
 from otaflash import alibaba, versions
 from otaflash.download import Expected
-from otaflash.errors import RuleError
+from otaflash.errors import InputError, RuleError
+from otaflash.mqtt import MqttConnection
 
 __all__ = [
     "FROM_APP",
@@ -129,7 +130,7 @@ class Offer:
                 signature=data.get("signature"),
                 raw=dict(data),
             )
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, InputError) as error:
             detail = f"missing field {error}" if isinstance(error, KeyError) else str(error)
             raise RuleError(f"the update service sent an unusable update offer: {detail}") from None
 
@@ -249,8 +250,6 @@ class MqttChannel:
         username: str | None = None,
         password: str | None = None,
     ) -> None:
-        from otaflash.mqtt import MqttConnection
-
         self.product_key = versions.validate_product_key(product_key)
         self.device_name = versions.validate_serial(device_name)
         self.timeout = timeout

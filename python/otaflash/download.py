@@ -109,7 +109,15 @@ def download(
     :class:`VerifyError` (the bytes are not the expected ones) or
     :class:`Cancelled`.
     """
-    job = _Download(url, sink, expected, chunk_size, timeout, cancel, progress)
+    job = _Download(
+        url,
+        sink,
+        expected,
+        chunk_size=chunk_size,
+        timeout=timeout,
+        cancel=cancel,
+        progress=progress,
+    )
     cache = _Cache(Path(cache_dir), expected) if cache_dir is not None and expected.sha256 else None
     try:
         return _run(job, cache, retries, backoff, backoff_max)
@@ -187,6 +195,7 @@ class _Download:
         url: str,
         sink: Sink,
         expected: Expected,
+        *,
         chunk_size: int,
         timeout: float,
         cancel: CancelFlag | None,
@@ -280,6 +289,38 @@ class _Download:
             response.release_conn()
 
     def _read_body(self, response: Any) -> None:
+        skip = self._check_headers(response)
+        self.etag = response.headers.get("ETag") or self.etag
+        try:
+            while True:
+                self.check_cancel()
+                chunk = response.read(self.chunk_size)
+                if not chunk:
+                    break
+                view = memoryview(chunk)
+                if skip:
+                    dropped = min(skip, len(view))
+                    view = view[dropped:]
+                    skip -= dropped
+                if view:
+                    self._deliver_checked(view)
+        except Urllib3Error as error:
+            raise _Retryable(_reason(error)) from None
+        except OSError as error:
+            raise _Retryable(str(error)) from None
+        if self.done < self.expected.size:
+            raise _Retryable(f"connection closed at byte {self.done}")
+
+    def _deliver_checked(self, view: memoryview) -> None:
+        if self.done + len(view) > self.expected.size:
+            raise VerifyError(
+                f"{self.url}: the server sent more than the expected {self.expected.size} bytes",
+                self.url,
+            )
+        self.deliver(view)
+
+    def _check_headers(self, response: Any) -> int:
+        """Checks status and headers; returns how many leading body bytes to drop."""
         status = response.status
         if status in RETRYABLE_STATUS:
             raise _Retryable(f"server answered HTTP {status}")
@@ -297,7 +338,7 @@ class _Download:
         skip = 0
         if status == 206:
             start, total = _content_range(response.headers.get("Content-Range"), self.url)
-            if start != self.done or total != self.expected.size:
+            if start != self.done or total != self.expected.size or length != total - start:
                 raise DownloadError(
                     f"{self.url}: the server resumed at byte {start} of {total}, but "
                     f"{self.done} of {self.expected.size} were asked for"
@@ -318,32 +359,7 @@ class _Download:
                 )
             skip = self.done  # no Range support: drop what the sink already has
             self.refetched += skip
-        self.etag = response.headers.get("ETag") or self.etag
-        try:
-            while True:
-                self.check_cancel()
-                chunk = response.read(self.chunk_size)
-                if not chunk:
-                    break
-                view = memoryview(chunk)
-                if skip:
-                    dropped = min(skip, len(view))
-                    view = view[dropped:]
-                    skip -= dropped
-                if view:
-                    if self.done + len(view) > self.expected.size:
-                        raise VerifyError(
-                            f"{self.url}: the server sent more than the expected "
-                            f"{self.expected.size} bytes",
-                            self.url,
-                        )
-                    self.deliver(view)
-        except Urllib3Error as error:
-            raise _Retryable(_reason(error)) from None
-        except OSError as error:
-            raise _Retryable(str(error)) from None
-        if self.done < self.expected.size:
-            raise _Retryable(f"connection closed at byte {self.done}")
+        return skip
 
     def finish(self, cache: _Cache | None) -> DownloadResult:
         self.report(final=True)

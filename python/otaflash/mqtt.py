@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 from otaflash.errors import InputError, RuleError
 
@@ -54,7 +56,7 @@ class MqttConnection:
         self._pending_subs: set[int] = set()
         self._error: str | None = None
         self._client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=client_id or f"otaflash-{uuid.uuid4().hex[:12]}",
         )
         if username is not None:
@@ -72,8 +74,9 @@ class MqttConnection:
         try:
             self._client.connect(self.host, self.port, keepalive=self._keepalive)
         except OSError as error:
+            reason = error.strerror or error
             raise RuleError(
-                f"cannot reach the MQTT broker at {self.host}:{self.port}: {error.strerror or error}"
+                f"cannot reach the MQTT broker at {self.host}:{self.port}: {reason}"
             ) from None
         self._client.loop_start()
         self._network_thread = getattr(self._client, "_thread", None)
@@ -114,7 +117,7 @@ class MqttConnection:
         client: paho.Client,
         _userdata: object,
         _flags: object,
-        reason: paho.ReasonCode,
+        reason: ReasonCode,
         _properties: object,
     ) -> None:
         if reason.is_failure:
@@ -146,6 +149,6 @@ class MqttConnection:
     def _on_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
         # An exception escaping a paho callback would end the network thread.
         try:
-            self._handler(msg.topic, msg.payload)
+            self._handler(msg.topic, bytes(msg.payload))
         except Exception:
             log.exception("MQTT message on %s could not be handled", msg.topic)

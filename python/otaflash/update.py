@@ -179,30 +179,68 @@ def run_update(
         return UpdateResult("declined", from_version, offer=offer, seconds=timings)
     reporter = StepReporter(client, on_step=on_step)
     result = UpdateResult("updated", from_version, offer.version, offer, steps=reporter.sent)
-    writer: targets.ImageWriter | None = None
+    try:
+        _install(
+            offer,
+            target,
+            reporter,
+            result,
+            timings,
+            progress=progress,
+            cancel=cancel,
+            cache_dir=cache_dir,
+            download_options=download_options or {},
+        )
+    except BaseException as error:
+        if isinstance(error, OtaflashError | OSError):
+            reporter.fail(failure_step(error), _describe(error))
+        elif isinstance(error, KeyboardInterrupt):
+            reporter.fail(STEP_FAILED, "interrupted")
+        raise
+    mark = time.monotonic()
+    client.inform(offer.version)
+    timings["report"] = time.monotonic() - mark
+    timings["total"] = time.monotonic() - started
+    result.seconds = timings
+    return result
+
+
+def _install(
+    offer: Offer,
+    target: targets.Target,
+    reporter: StepReporter,
+    result: UpdateResult,
+    timings: dict[str, float],
+    *,
+    progress: ProgressCallback | None,
+    cancel: CancelFlag | None,
+    cache_dir: Path | str | None,
+    download_options: dict[str, Any],
+) -> None:
+    """Download → write → verify → commit; the target is untouched unless all pass."""
+    reporter.step(1, f"downloading {offer.version}", force=True)
+    image_size = offer.image_size if offer.image_size is not None else offer.size
+    image_sha256 = offer.image_sha256 or offer.sha256
+    if offer.is_diff and (offer.image_size is None or offer.image_sha256 is None):
+        raise RuleError("the delta offer does not say what the new image must be")
+    if image_sha256 is None:
+        raise RuleError("the offer has no SHA-256 to verify the written image against")
+
+    def on_download(operation: str, done: int, total: int | None) -> None:
+        if progress is not None:
+            progress(operation, done, total)
+        if total:
+            reporter.step(1 + (DOWNLOAD_LAST_STEP - 1) * done // total, "downloading")
+
+    writer = target.begin(image_size)
     old_image: targets.ImageReader | None = None
     try:
-        reporter.step(1, f"downloading {offer.version}", force=True)
-        image_size = offer.image_size if offer.image_size is not None else offer.size
-        image_sha256 = offer.image_sha256 or offer.sha256
-        if offer.is_diff and (offer.image_size is None or offer.image_sha256 is None):
-            raise RuleError("the delta offer does not say what the new image must be")
-        if image_sha256 is None:
-            raise RuleError("the offer has no SHA-256 to verify the written image against")
-        writer = target.begin(image_size)
         sink: targets.PatchSink | targets.ImageWriter = writer
         if offer.is_diff:
             old_image = target.current_image()
             if old_image is None:
                 raise FlashError(f"{target.uri} has no current image for the delta to apply to")
             sink = targets.delta_applier()(old_image, writer)
-
-        def on_download(operation: str, done: int, total: int | None) -> None:
-            if progress is not None:
-                progress(operation, done, total)
-            if total:
-                reporter.step(1 + (DOWNLOAD_LAST_STEP - 1) * done // total, "downloading")
-
         mark = time.monotonic()
         result.download = download(
             offer.url,
@@ -211,7 +249,7 @@ def run_update(
             cancel=cancel,
             progress=on_download,
             cache_dir=cache_dir,
-            **(download_options or {}),
+            **download_options,
         )
         sink.finish()
         writer.finish()
@@ -223,25 +261,13 @@ def run_update(
             progress("verify", image_size, image_size)
         timings["verify"] = time.monotonic() - mark
         writer.commit()
-        writer = None
-        reporter.step(100, f"updated to {offer.version}")
-    except BaseException as error:
-        if writer is not None:
-            writer.abort()
-        if isinstance(error, OtaflashError | OSError):
-            reporter.fail(failure_step(error), _describe(error))
-        elif isinstance(error, KeyboardInterrupt):
-            reporter.fail(STEP_FAILED, "interrupted")
+    except BaseException:
+        writer.abort()
         raise
     finally:
         if old_image is not None:
             old_image.close()
-    mark = time.monotonic()
-    client.inform(offer.version)
-    timings["report"] = time.monotonic() - mark
-    timings["total"] = time.monotonic() - started
-    result.seconds = timings
-    return result
+    reporter.step(100, f"updated to {offer.version}")
 
 
 def _describe(error: BaseException) -> str:

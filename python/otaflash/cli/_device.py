@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+
 from otaflash.client import Channel, HttpChannel, MqttChannel, Offer, OnOtaResult, OtaClient
 from otaflash.errors import InputError
 

@@ -86,8 +86,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             bars.close()
         client.close()
     record = {"event": "result", **result.to_json()}
-    if result.status == "updated":
-        assert result.offer is not None and result.download is not None
+    if result.status == "updated" and result.offer and result.download:
         text = (
             f"updated {result.from_version} -> {result.to_version} on {target.uri} "
             f"({'delta' if result.offer.is_diff else 'full image'}, "

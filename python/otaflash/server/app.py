@@ -261,7 +261,9 @@ def create_app(
     return QueryFastPath(_create_api(service, admin_token, max_upload), service)
 
 
-def _create_api(service: UpdateService, admin_token: str, max_upload: int) -> FastAPI:
+def _create_api(  # noqa: PLR0915 - every route in one place, as the OpenAPI lists them
+    service: UpdateService, admin_token: str, max_upload: int
+) -> FastAPI:
     if not admin_token:
         raise InputError("the admin token must not be empty")
     app = FastAPI(
@@ -436,6 +438,7 @@ def _create_api(service: UpdateService, admin_token: str, max_upload: int) -> Fa
 
     @app.get("/api/v1/devices/{pk}/{dn}/update", response_model=QueryOut, tags=["device"])
     async def query(
+        *,
         request: Request,
         pk: str,
         dn: str,

@@ -63,9 +63,10 @@ class MqttBridge:
             if kind == "inform":
                 self.service.inform(pk, dn, module, str(params.get("version", "")))
             elif kind == "progress":
-                self.service.progress(
-                    pk, dn, module, params.get("step"), str(params.get("desc", ""))
-                )
+                step = params.get("step")
+                if not isinstance(step, str | int) or isinstance(step, bool):
+                    raise ValueError(f"step {step!r} is not a string of a number")
+                self.service.progress(pk, dn, module, step, str(params.get("desc", "")))
         except (OtaflashError, ValueError) as error:
             # MQTT has no error reply for inform/progress: log it, keep serving.
             log.warning("ignored %s from %s/%s: %s", kind, pk, dn, error)

@@ -66,11 +66,12 @@ def load_admin_token(config: ServerConfig) -> str:
 
 def build(config: ServerConfig) -> tuple[Any, Any, Any]:
     """``(asgi_app, service, bridge or None)``; the bridge is not started yet."""
+    # Imported here: the `server` extra may be missing, and the error should say so.
     try:
-        from otaflash.server.app import create_app
-        from otaflash.server.mqtt_bridge import MqttBridge
-        from otaflash.server.service import UpdateService, default_paths
-        from otaflash.server.store import BlobStore, Store
+        from otaflash.server.app import create_app  # noqa: PLC0415
+        from otaflash.server.mqtt_bridge import MqttBridge  # noqa: PLC0415
+        from otaflash.server.service import UpdateService, default_paths  # noqa: PLC0415
+        from otaflash.server.store import BlobStore, Store  # noqa: PLC0415
     except ImportError as error:
         missing = InputError(
             f"the update server needs packages that are not installed ({error.name})"
@@ -96,7 +97,7 @@ def build(config: ServerConfig) -> tuple[Any, Any, Any]:
 
 
 def _uvicorn_config(app: Any, config: ServerConfig, **kwargs: Any) -> Any:
-    import uvicorn
+    import uvicorn  # noqa: PLC0415 - the server extra, checked in build()
 
     return uvicorn.Config(
         app,
@@ -113,7 +114,7 @@ def _uvicorn_config(app: Any, config: ServerConfig, **kwargs: Any) -> Any:
 
 def serve(config: ServerConfig, *, ready: threading.Event | None = None) -> None:
     """Runs the server in the foreground until SIGINT/SIGTERM."""
-    import uvicorn
+    import uvicorn  # noqa: PLC0415 - the server extra, checked in build()
 
     app, service, bridge = build(config)
     if bridge is not None:
@@ -155,7 +156,7 @@ class EmbeddedServer:
         return self.config.admin_token
 
     def start(self, timeout: float = 20.0) -> EmbeddedServer:
-        import uvicorn
+        import uvicorn  # noqa: PLC0415 - the server extra, checked in build()
 
         app, self.service, self._bridge = build(self.config)
         if self._bridge is not None:

@@ -12,7 +12,7 @@ from otaflash.errors import InputError, OtaflashError
 from otaflash.server import rules
 from otaflash.server.store import BlobStore, Store
 
-__all__ = ["NotFound", "Conflict", "UpdateService", "Unavailable"]
+__all__ = ["Conflict", "NotFound", "Unavailable", "UpdateService"]
 
 #: Sources of an update notice, as in Tencent Xiaowei's on_ota_result.
 FROM_SCHEDULED, FROM_APP, FROM_SERVER_PUSH, FROM_DEVICE_QUERY = 0, 1, 2, 3
