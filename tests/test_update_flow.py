@@ -16,6 +16,7 @@ from otaflash import targets
 from otaflash.admin import AdminClient
 from otaflash.cli import main
 from otaflash.client import HttpChannel, OtaClient
+from otaflash.errors import RuleError
 from otaflash.server import EmbeddedServer, ServerProcess
 from otaflash.update import run_update
 from servicekit import admin_fixture, image, server_fixture, write  # noqa: F401
@@ -267,3 +268,34 @@ def test_serve_publish_packages_check_from_the_command_line(tmp_path: Path) -> N
         assert wrong.returncode == 9
         assert "admin token" in wrong.stderr
         assert "Traceback" not in wrong.stderr
+
+
+def test_server_makes_deltas_on_publish_through_the_engine_hook(
+    server: EmbeddedServer, admin: AdminClient, device: Path, tmp_path: Path
+) -> None:
+    from otaflash.server.service import register_delta_maker
+
+    with pytest.raises(RuleError, match="delta engine is not built in"):
+        admin.publish("pk", "1.1", write(tmp_path / "fw", NEW), make_deltas_from=["1.0"])
+
+    def xor_maker(old: Path, new: Path, out: Path) -> None:
+        out.write_bytes(
+            bytes(a ^ b for a, b in zip(old.read_bytes(), new.read_bytes(), strict=True))
+        )
+
+    register_delta_maker(xor_maker)
+    targets.register_delta_applier(XorPatch)
+    try:
+        admin.publish("pk", "1.0", write(tmp_path / "old", OLD))
+        with pytest.raises(RuleError, match="no package of that version"):
+            admin.publish("pk", "1.1", write(tmp_path / "fw", NEW), make_deltas_from=["0.5"])
+        package = admin.publish("pk", "1.1", write(tmp_path / "fw", NEW), make_deltas_from=["1.0"])
+        assert [d["fromVersion"] for d in package["deltas"]] == ["1.0"]
+        client = OtaClient(HttpChannel(server.url, "pk", "SN1"), version="1.0")
+        result = run_update(client, targets.open_target(f"file:{device}"))
+        assert result.offer is not None
+        assert result.offer.is_diff
+        assert device.read_bytes() == NEW
+    finally:
+        register_delta_maker(None)
+        targets.register_delta_applier(None)

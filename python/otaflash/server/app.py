@@ -346,12 +346,12 @@ def _create_api(  # noqa: PLR0915 - every route in one place, as the OpenAPI lis
         """Publishes a package: the full image, deltas, and the rule that selects devices."""
         if body.scope == "test" and not body.serials:
             raise InputError("a test package needs the serial numbers of its test devices")
-        if body.makeDeltasFrom:
-            raise Unavailable(
-                "this server cannot make deltas: the delta engine is not built in; "
-                "make them with the delta tool and upload them as deltas"
-            )
-        sources = [d.fromVersion for d in body.deltas]
+        made = [
+            (source, service.make_delta(body.productKey, body.module, source, body.sha256))
+            for source in body.makeDeltasFrom
+            if source not in {d.fromVersion for d in body.deltas}
+        ]
+        sources = [d.fromVersion for d in body.deltas] + [source for source, _ in made]
         if len(set(sources)) != len(sources):
             raise InputError("two deltas are made from the same version")
         if body.version in sources:
@@ -365,7 +365,8 @@ def _create_api(  # noqa: PLR0915 - every route in one place, as the OpenAPI lis
             deltas=[
                 (d.fromVersion, d.sha256, d.name or f"{d.fromVersion}-to-{body.version}.patch")
                 for d in body.deltas
-            ],
+            ]
+            + [(source, sha, f"{source}-to-{body.version}.patch") for source, sha in made],
             forced=body.forced,
             scope=body.scope,
             serials=body.serials,

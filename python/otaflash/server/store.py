@@ -214,6 +214,13 @@ class BlobStore:
     def writer(self, max_size: int) -> BlobWriter:
         return BlobWriter(self, max_size)
 
+    def adopt(self, path: Path) -> Blob:
+        """Moves a finished file into the store (hashed in one pass, Rust)."""
+        digests = hashing.hash_file(path, ("md5", "sha256"))
+        blob = Blob(digests["sha256"], digests.size, digests["md5"])
+        os.replace(path, self.path(blob.sha256))
+        return blob
+
     def remove(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
 
