@@ -14,10 +14,10 @@ are asserted. Figures land in the benchmark JSON's ``extra_info``.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import socket
-import random
 import subprocess
 import time
 from pathlib import Path
