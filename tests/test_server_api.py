@@ -249,6 +249,13 @@ def test_bad_input_gets_a_clear_4xx_and_leaves_the_database_intact(
     status, message = bad(server, "POST", "/api/v1/uploads", body=b"\0" * (9 << 20), headers=auth)
     assert status == 413
     assert "limit" in message
+    # Without a Content-Length (chunked), the limit cuts the upload as it streams in.
+    chunks = (b"\0" * (1 << 20) for _ in range(9))
+    response = http.request(
+        "POST", server.url + "/api/v1/uploads", body=chunks, headers=auth, chunked=True
+    )
+    assert response.status == 413
+    assert "limit" in json.loads(response.data)["error"]
     assert db_snapshot(server) == before
     assert not [
         p for p in (server.config.data_dir / "artifacts").iterdir() if p.name.startswith(".upload-")

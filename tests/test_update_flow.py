@@ -120,6 +120,23 @@ def test_tampered_artifact_is_rejected_with_minus_3_and_nothing_is_flashed(
     assert admin.device("pk", "SN1")["progress"][-1]["step"] == -3
 
 
+def test_truncated_artifact_is_rejected_and_nothing_is_flashed(
+    capsys: pytest.CaptureFixture[str],
+    server: EmbeddedServer,
+    admin: AdminClient,
+    device: Path,
+    tmp_path: Path,
+) -> None:
+    package = admin.publish("pk", "1.1", write(tmp_path / "fw", NEW), forced=True)
+    blob = server.config.data_dir / "artifacts" / package["full"]["sha256"]
+    blob.write_bytes(NEW[:-1000])
+    code, lines = update(capsys, server, device)
+    assert code == 4
+    assert steps_of(lines)[-1] == -3
+    assert "699000 bytes" in lines[-1]["error"]
+    assert device.read_bytes() == OLD
+
+
 def test_missing_artifact_is_a_download_failure_minus_2(
     capsys: pytest.CaptureFixture[str],
     server: EmbeddedServer,

@@ -29,7 +29,6 @@ class MqttBridge:
             url,
             [alibaba.wildcard("inform"), alibaba.wildcard("progress"), alibaba.wildcard("get")],
             self._on_message,
-            client_id="otaflash-server",
         )
 
     def start(self) -> MqttBridge:
