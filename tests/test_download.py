@@ -173,3 +173,12 @@ def test_a_corrupt_cache_is_rejected_and_removed(http: CuttingServer, tmp_path: 
     assert not (cache / str(EXPECTED.sha256)).exists()
     data, _ = fetch(http.url, cache_dir=cache)
     assert data == DATA
+
+
+def test_a_sink_error_is_not_retried(http: CuttingServer) -> None:
+    def sink(_chunk: memoryview) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        download(http.url, sink, EXPECTED, chunk_size=CHUNK, backoff=0)
+    assert len(http.starts) == 1

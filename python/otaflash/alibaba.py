@@ -131,11 +131,11 @@ def push_payload(data: dict[str, Any], msg_id: str | None = None) -> bytes:
     return _dump({"code": PUSH_CODE, "id": msg_id or next_id(), "message": "success", "data": data})
 
 
-def reply_payload(msg_id: str, data: dict[str, Any] | None) -> bytes:
+def reply_payload(msg_id: str | int, data: dict[str, Any] | None) -> bytes:
     return _dump({"id": msg_id, "code": REPLY_CODE, "data": data or {}})
 
 
-def error_reply_payload(msg_id: str, code: int, message: str) -> bytes:
+def error_reply_payload(msg_id: str | int, code: int, message: str) -> bytes:
     """A failed firmware/get (our server only; Alibaba's cloud uses its own codes)."""
     return _dump({"id": msg_id, "code": code, "data": {}, "message": message})
 

@@ -207,7 +207,12 @@ class HttpChannel:
             except (ValueError, AttributeError):
                 message = response.reason
             raise RuleError(f"the update service refused: HTTP {response.status}: {message}")
-        return json.loads(response.data) if response.data else None
+        try:
+            return json.loads(response.data) if response.data else None
+        except ValueError:
+            raise RuleError(
+                f"the update service at {self.base} answered something that is not JSON"
+            ) from None
 
     def query(self, module: str, version: str, source: int, accept_delta: bool) -> Offer | None:
         params = {

@@ -291,23 +291,25 @@ class _Download:
     def _read_body(self, response: Any) -> None:
         skip = self._check_headers(response)
         self.etag = response.headers.get("ETag") or self.etag
-        try:
-            while True:
-                self.check_cancel()
+        while True:
+            self.check_cancel()
+            # Only the network read is retried: an error from the sink (the flash
+            # writer, the patcher) ends the download as it is.
+            try:
                 chunk = response.read(self.chunk_size)
-                if not chunk:
-                    break
-                view = memoryview(chunk)
-                if skip:
-                    dropped = min(skip, len(view))
-                    view = view[dropped:]
-                    skip -= dropped
-                if view:
-                    self._deliver_checked(view)
-        except Urllib3Error as error:
-            raise _Retryable(_reason(error)) from None
-        except OSError as error:
-            raise _Retryable(str(error)) from None
+            except Urllib3Error as error:
+                raise _Retryable(_reason(error)) from None
+            except OSError as error:
+                raise _Retryable(str(error)) from None
+            if not chunk:
+                break
+            view = memoryview(chunk)
+            if skip:
+                dropped = min(skip, len(view))
+                view = view[dropped:]
+                skip -= dropped
+            if view:
+                self._deliver_checked(view)
         if self.done < self.expected.size:
             raise _Retryable(f"connection closed at byte {self.done}")
 

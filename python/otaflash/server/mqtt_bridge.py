@@ -72,10 +72,11 @@ class MqttBridge:
 
     def _answer_get(self, pk: str, dn: str, payload: bytes) -> None:
         reply_topic = alibaba.topic("get_reply", pk, dn)
-        msg_id = "0"
+        msg_id: str | int = "0"
         try:
             message = alibaba.parse_message(payload)
-            msg_id = str(message.get("id", "0"))
+            raw_id = message.get("id", "0")  # answered as it came: number or string
+            msg_id = raw_id if isinstance(raw_id, str | int) else str(raw_id)
             params = message.get("params") or {}
             if not isinstance(params, dict):
                 raise ValueError("params is not an object")

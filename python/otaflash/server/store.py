@@ -360,7 +360,15 @@ class Store:
                 conn.execute(
                     products.insert().values(product_key=spec.product_key, created_at=time.time())
                 )
-            package_id = conn.execute(
+            package_id = self._insert_package(conn, spec)
+        self._invalidate()
+        package = self.get_package(int(package_id))
+        assert package is not None
+        return package
+
+    def _insert_package(self, conn: Connection, spec: PackageSpec) -> int:
+        try:
+            inserted = conn.execute(
                 packages.insert().values(
                     product_key=spec.product_key,
                     module=spec.module,
@@ -375,26 +383,28 @@ class Store:
                     signature=spec.signature,
                     created_at=time.time(),
                 )
-            ).inserted_primary_key[0]
-            conn.execute(
-                artifacts.insert(),
-                [
-                    {
-                        "package_id": package_id,
-                        "blob": spec.full,
-                        "from_version": None,
-                        "name": spec.full_name,
-                    }
-                ]
-                + [
-                    {"package_id": package_id, "blob": sha, "from_version": source, "name": name}
-                    for source, sha, name in spec.deltas
-                ],
-            )
-        self._invalidate()
-        package = self.get_package(int(package_id))
-        assert package is not None
-        return package
+            ).inserted_primary_key
+        except sa.exc.IntegrityError:  # the same version published at the same moment
+            raise DuplicatePackage(spec.product_key, spec.module, spec.version, 0) from None
+        if inserted is None:
+            raise RuntimeError("the database gave no id for the new package")
+        package_id = int(inserted[0])
+        conn.execute(
+            artifacts.insert(),
+            [
+                {
+                    "package_id": package_id,
+                    "blob": spec.full,
+                    "from_version": None,
+                    "name": spec.full_name,
+                }
+            ]
+            + [
+                {"package_id": package_id, "blob": sha, "from_version": source, "name": name}
+                for source, sha, name in spec.deltas
+            ],
+        )
+        return package_id
 
     def get_package(self, package_id: int) -> Package | None:
         found = self._load(packages.c.id == package_id)
