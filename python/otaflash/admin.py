@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 
 import urllib3
 
+from otaflash.download import network_reason
 from otaflash.errors import FileError, MissingFileError, RuleError
 
 __all__ = ["AdminClient"]
@@ -44,7 +45,9 @@ class AdminClient:
         try:
             response = self._http.request(method, self.base + path, headers=headers, **kwargs)
         except urllib3.exceptions.HTTPError as error:
-            failure = RuleError(f"cannot reach the update server at {self.base}: {error}")
+            failure = RuleError(
+                f"cannot reach the update server at {self.base}: {network_reason(error)}"
+            )
             failure.hint = "check the URL and that `otaflash serve` is running"
             raise failure from None
         if response.status >= 400:

@@ -39,7 +39,7 @@ from urllib.parse import quote, urlencode
 import urllib3
 
 from otaflash import alibaba, versions
-from otaflash.download import Expected
+from otaflash.download import Expected, network_reason
 from otaflash.errors import InputError, RuleError
 from otaflash.mqtt import MqttConnection
 
@@ -198,7 +198,9 @@ class HttpChannel:
                 headers={"Content-Type": "application/json"} if body is not None else None,
             )
         except urllib3.exceptions.HTTPError as error:
-            failure = RuleError(f"cannot reach the update service at {self.base}: {error}")
+            failure = RuleError(
+                f"cannot reach the update service at {self.base}: {network_reason(error)}"
+            )
             failure.hint = "check the server URL and that the server is running"
             raise failure from None
         if response.status >= 400:

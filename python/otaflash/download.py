@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from otaflash import hashing
 from otaflash.errors import Cancelled, DownloadError, InputError, VerifyError
 from otaflash.progress import ProgressCallback
 
-__all__ = ["CancelFlag", "DownloadResult", "Expected", "download"]
+__all__ = ["CancelFlag", "DownloadResult", "Expected", "download", "network_reason"]
 
 DEFAULT_CHUNK = 64 * 1024
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -411,6 +412,11 @@ def _content_range(value: str | None, url: str) -> tuple[int, int]:
         raise DownloadError(f"{url}: the server's Content-Range {value!r} cannot be read") from None
 
 
-def _reason(error: Exception) -> str:
-    reason = getattr(error, "reason", None)
-    return str(reason or error)
+def network_reason(error: Exception) -> str:
+    """The cause of a urllib3 error in a few words ("[Errno 111] Connection refused")."""
+    text = str(getattr(error, "reason", None) or error)
+    found = re.search(r"\[Errno -?\d+\] [^'\")(]+", text)
+    return found.group(0).strip() if found else text
+
+
+_reason = network_reason
