@@ -77,6 +77,8 @@ def test_optional_update_needs_yes_then_installs_with_steps_in_order(
     assert result["status"] == "updated"
     assert result["toVersion"] == "1.1"
     assert result["sha256"] == hashlib.sha256(NEW).hexdigest()
+    assert result["verifiedSha256"] == hashlib.sha256(NEW).hexdigest()
+    assert result["transferred"] == len(NEW)
     assert device.read_bytes() == NEW
     assert not device.with_name("device.img.otaflash-new").exists()
     state = admin.device("pk", "SN1")

@@ -151,6 +151,8 @@ class Offer:
             "sha256": self.sha256,
             "isDiff": self.is_diff,
             "fromVersion": self.from_version,
+            "imageSize": self.image_size,
+            "imageSha256": self.image_sha256,
             "module": self.module,
         }
 

@@ -127,6 +127,8 @@ class UpdateResult:
     to_version: str | None = None
     offer: Offer | None = None
     download: DownloadResult | None = None
+    #: SHA-256 of the image as read back from the target, after it was written.
+    verified_sha256: str | None = None
     steps: list[int] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -144,6 +146,8 @@ class UpdateResult:
             record["transferred"] = self.download.size
             record["requests"] = self.download.requests
             record["sha256"] = self.download.sha256
+        if self.verified_sha256 is not None:
+            record["verifiedSha256"] = self.verified_sha256
         return record
 
 
@@ -257,6 +261,7 @@ def _install(
         reporter.step(VERIFY_STEP, "verifying", force=True)
         mark = time.monotonic()
         writer.verify(image_size, image_sha256)
+        result.verified_sha256 = image_sha256.lower()
         if progress is not None:
             progress("verify", image_size, image_size)
         timings["verify"] = time.monotonic() - mark
