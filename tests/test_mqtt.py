@@ -8,6 +8,7 @@ import json
 import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,8 +201,6 @@ def test_our_client_with_a_broker_based_cloud(broker: Broker, tmp_path: Path) ->
                 },
             )
 
-        import threading
-
         responder = threading.Thread(target=answer)
         responder.start()
         result = run_update(client, targets.open_target(f"file:{target}"))
@@ -259,14 +258,22 @@ def test_watch_cli_hears_schedule_push_and_trigger(
         stdout=subprocess.PIPE,
         text=True,
     )
+    stdout = watch.stdout
+    assert stdout is not None
+
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
+
+    def next_line() -> dict[str, Any]:
+        return dict(json.loads(lines.get(timeout=30)))
+
     try:
-        assert watch.stdout is not None
-        first = json.loads(watch.stdout.readline())
+        first = next_line()
         assert first["update"]["from"] == 0  # the scheduled check runs at once
         admin.notify(PK, DN, source="push", version="2")
-        assert json.loads(watch.stdout.readline())["update"]["from"] == 2
+        assert next_line()["update"]["from"] == 2
         admin.notify(PK, DN, source="trigger", version="2")
-        assert json.loads(watch.stdout.readline())["update"]["from"] == 1
+        assert next_line()["update"]["from"] == 1
         assert watch.wait(20) == 0
     finally:
         watch.kill()
