@@ -3,6 +3,7 @@ Alibaba-protocol device, and our client with a broker-based cloud."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import queue
@@ -262,7 +263,14 @@ def test_watch_cli_hears_schedule_push_and_trigger(
     assert stdout is not None
 
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
+
+    def pump() -> None:
+        with contextlib.suppress(ValueError, OSError):  # closed at the end of the test
+            for line in stdout:
+                lines.put(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
 
     def next_line() -> dict[str, Any]:
         return dict(json.loads(lines.get(timeout=30)))
@@ -278,5 +286,5 @@ def test_watch_cli_hears_schedule_push_and_trigger(
     finally:
         watch.kill()
         watch.wait()
-        if watch.stdout is not None:
-            watch.stdout.close()
+        reader.join(10)
+        stdout.close()
