@@ -19,7 +19,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,10 +285,6 @@ class Store:
         self.engine: Engine = _make_engine(url)
         metadata.create_all(self.engine)
         self._cache = _RuleCache(ttl=cache_ttl)
-
-    @classmethod
-    def sqlite(cls, path: Path, **kwargs: Any) -> Store:
-        return cls(f"sqlite:///{path}", **kwargs)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -567,11 +563,6 @@ class Store:
                     product_key=product_key, device_name=device_name, module=module, **values
                 )
             )
-
-    def iter_blob_shas(self) -> Iterator[str]:
-        with self.engine.connect() as conn:
-            for row in conn.execute(sa.select(blobs.c.sha256)):
-                yield row.sha256
 
 
 class UnknownBlob(InputError):
