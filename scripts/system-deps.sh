@@ -10,10 +10,12 @@ requirements=(
     "sha256sum coreutils"
     "sha1sum coreutils"
     # The update service's peers: a real MQTT broker for the Alibaba IoT topics,
-    # and the load generator and reference file server of its benchmarks.
+    # the load generator and reference file server of its benchmarks, and
+    # PostgreSQL, the server's storage for fleets.
     "- mosquitto"
     "wrk wrk"
     "- nginx-light"
+    "- postgresql"
 )
 
 missing=()

@@ -211,3 +211,50 @@ class CuttingServer:
             return False
         conn.sendall(payload)
         return True
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (Debian's postgresql package)."""
+
+    def __init__(self) -> None:
+        import glob
+        import tempfile
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not found:
+            raise RuntimeError("PostgreSQL is not installed: run `make system-deps`")
+        bin_dir = Path(found[-1]).parent
+        # PostgreSQL refuses to run as root: run it as the postgres user then.
+        self.prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        # Not under pytest's tmp_path: its parents are private to us, not to postgres.
+        workdir = self.workdir = Path(tempfile.mkdtemp(prefix="otaflash-pg-"))
+        workdir.chmod(0o777)
+        self.data = workdir / "pgdata"
+        self.port = free_port()
+        self._run(str(bin_dir / "initdb"), "-D", str(self.data), "-U", "otaflash",
+                  "--auth=trust", "-E", "UTF8")  # fmt: skip
+        self.process = subprocess.Popen(
+            [*self.prefix, str(bin_dir / "postgres"), "-D", str(self.data),
+             "-p", str(self.port), "-h", "127.0.0.1", "-k", str(workdir), "-F"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while subprocess.run(
+            [str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+            capture_output=True,
+            check=False,
+        ).returncode:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("PostgreSQL did not start")
+            time.sleep(0.1)
+        self._run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+                  "-U", "otaflash", "otaflash")  # fmt: skip
+        self.url = f"postgresql+psycopg://otaflash@127.0.0.1:{self.port}/otaflash"
+
+    def _run(self, *argv: str) -> None:
+        subprocess.run([*self.prefix, *argv], check=True, capture_output=True, timeout=120)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+        shutil.rmtree(self.workdir, ignore_errors=True)
