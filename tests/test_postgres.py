@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from servicekit import Postgres, image, write
-
 from otaflash.admin import AdminClient
 from otaflash.client import HttpChannel, OtaClient
 from otaflash.server import EmbeddedServer
+from servicekit import Postgres, image, write
 
 
 def test_rules_publishing_and_progress_on_postgresql(tmp_path: Path) -> None:
