@@ -63,8 +63,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
                 f"otaflash: {offer_text(offer)} is optional: not installed (add --yes to install)"
             )
             return False
-        answer = input(f"{offer_text(offer)}\ninstall it now? [y/N] ")
-        return answer.strip().lower() in {"y", "yes"}
+        # The question goes to stderr: stdout carries only results (and JSON lines).
+        sys.stderr.write(f"{offer_text(offer)}\ninstall it now? [y/N] ")
+        sys.stderr.flush()
+        return sys.stdin.readline().strip().lower() in {"y", "yes"}
 
     def on_step(step: int, desc: str) -> None:
         if out.json_mode:
