@@ -318,3 +318,31 @@ def test_server_makes_deltas_on_publish_through_the_engine_hook(
     finally:
         register_delta_maker(None)
         targets.register_delta_applier(None)
+
+
+@pytest.mark.parametrize("answer", ["y", "n"])
+def test_optional_update_asks_on_a_terminal(
+    server: EmbeddedServer, admin: AdminClient, device: Path, tmp_path: Path, answer: str
+) -> None:
+    import os
+
+    installed = answer == "y"
+    admin.publish("pk", "1.1", write(tmp_path / "fw", NEW), title="Optional fix")
+    primary, secondary = os.openpty()
+    try:
+        os.write(primary, f"{answer}\n".encode())
+        done = subprocess.run(
+            [sys.executable, "-m", "otaflash", "update", "--json", "--server", server.url,
+             "--product", "pk", "--device", "SN1", "--current", "1.0",
+             "--target", f"file:{device}"],
+            stdin=secondary, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    assert done.returncode == 0, done.stderr
+    assert "install it now? [y/N]" in done.stderr
+    assert "Optional fix" in done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["status"] == ("updated" if installed else "declined")
+    assert device.read_bytes() == (NEW if installed else OLD)
