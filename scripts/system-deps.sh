@@ -9,6 +9,13 @@ requirements=(
     "md5sum coreutils"
     "sha256sum coreutils"
     "sha1sum coreutils"
+    # The update service's peers: a real MQTT broker for the Alibaba IoT topics,
+    # the load generator and reference file server of its benchmarks, and
+    # PostgreSQL, the server's storage for fleets.
+    "- mosquitto"
+    "wrk wrk"
+    "- nginx-light"
+    "- postgresql"
 )
 
 missing=()
