@@ -2,7 +2,7 @@
 server, an HTTP server that cuts connections where it is told to, and an
 MQTT listener that records messages.
 
-Fixtures are imported by name (``from servicekit import broker_fixture``);
+Fixtures are imported by name (``from .servicekit import broker_fixture``);
 they are defined with ``name=`` so test arguments do not shadow the import.
 """
 

@@ -11,7 +11,8 @@ import pytest
 
 from otaflash.download import Expected, download
 from otaflash.errors import Cancelled, DownloadError, VerifyError
-from servicekit import CuttingServer, image
+
+from .servicekit import CuttingServer, image
 
 SIZE = 256 * 1024
 CHUNK = 16 * 1024

@@ -22,7 +22,8 @@ from otaflash.admin import AdminClient
 from otaflash.client import MqttChannel, OtaClient
 from otaflash.server import EmbeddedServer
 from otaflash.update import run_update
-from servicekit import Broker, CuttingServer, Recorder, broker_fixture, image, write  # noqa: F401
+
+from .servicekit import Broker, CuttingServer, Recorder, broker_fixture, image, write  # noqa: F401
 
 PK, DN = "a1B2c3", "dev-001"
 

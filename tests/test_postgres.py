@@ -7,7 +7,8 @@ from pathlib import Path
 from otaflash.admin import AdminClient
 from otaflash.client import HttpChannel, OtaClient
 from otaflash.server import EmbeddedServer
-from servicekit import Postgres, image, write
+
+from .servicekit import Postgres, image, write
 
 
 def test_rules_publishing_and_progress_on_postgresql(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ from otaflash.admin import AdminClient
 from otaflash.client import HttpChannel, OtaClient
 from otaflash.errors import RuleError
 from otaflash.server import EmbeddedServer, ServerProcess
-from servicekit import admin_fixture, image, server_fixture, write  # noqa: F401
+
+from .servicekit import admin_fixture, image, server_fixture, write  # noqa: F401
 
 http = urllib3.PoolManager(retries=False)
 

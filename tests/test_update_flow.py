@@ -19,7 +19,8 @@ from otaflash.client import HttpChannel, OtaClient
 from otaflash.errors import RuleError
 from otaflash.server import EmbeddedServer, ServerProcess
 from otaflash.update import run_update
-from servicekit import admin_fixture, image, server_fixture, write  # noqa: F401
+
+from .servicekit import admin_fixture, image, server_fixture, write  # noqa: F401
 
 NEW = image(700_000, 21)
 OLD = image(700_000, 22)
