@@ -138,7 +138,7 @@ impl<D: BlockDevice> AbLayout<D> {
 
     /// Opens the A/B layout recorded on the device.
     pub fn open(mut device: D) -> Result<Self> {
-        let store = RecordStore::for_device(&device.geometry())?;
+        let mut store = RecordStore::for_device(&device.geometry())?;
         match store.read(&mut device)? {
             Some((_, Layout::Ab(state))) => Ok(Self {
                 device,
@@ -159,7 +159,7 @@ impl<D: BlockDevice> AbLayout<D> {
     /// Opens the layout, or creates it (slot 0 active, both slots empty)
     /// when the device has none.
     pub fn open_or_create(mut device: D, slots: Option<[Region; 2]>) -> Result<Self> {
-        let store = RecordStore::for_device(&device.geometry())?;
+        let mut store = RecordStore::for_device(&device.geometry())?;
         if store.read(&mut device)?.is_some() {
             return Self::open(device);
         }
@@ -261,7 +261,7 @@ impl<D: BlockDevice> AbLayout<D> {
         let writer = FlashWriter::within(device, region, options)?.expect_size(image.size)?;
         Ok(AbInstall {
             writer,
-            store: *store,
+            store,
             state,
             slot,
             image,
@@ -371,7 +371,7 @@ impl<D: BlockDevice> AbLayout<D> {
 /// An install in progress: an [`ImageSink`] over the inactive slot.
 pub struct AbInstall<'a, D: BlockDevice> {
     writer: FlashWriter<'a, D>,
-    store: RecordStore,
+    store: &'a mut RecordStore,
     state: &'a mut AbState,
     slot: u8,
     image: ImageInfo,

@@ -107,17 +107,27 @@ pub(crate) fn record_region(geometry: &Geometry) -> Region {
     Region::new(0, record_blocks(geometry) * geometry.erase_size)
 }
 
-/// Reads and writes the records in one region.
-#[derive(Clone, Copy, Debug)]
+/// Reads and writes the records in one region. It remembers where records
+/// are after the first scan (a write needs to know), and forgets on any
+/// error so the next write scans the flash again.
+#[derive(Clone, Debug)]
 pub struct RecordStore {
     region: Region,
     slot_len: usize,
+    cache: Option<Positions>,
 }
 
 /// Where the newest valid record is, and what it says.
 struct Scan {
     newest: Option<(u64, u64, Layout)>,
     /// Per good block: (offset, index of the first slot after the last used one).
+    blocks: Vec<(u64, usize)>,
+}
+
+#[derive(Clone, Debug)]
+struct Positions {
+    /// Sequence number and block of the newest valid record.
+    newest: Option<(u64, u64)>,
     blocks: Vec<(u64, usize)>,
 }
 
@@ -138,6 +148,7 @@ impl RecordStore {
         Ok(Self {
             region,
             slot_len: usize::try_from(slot_len).unwrap_or(512),
+            cache: None,
         })
     }
 
@@ -146,11 +157,16 @@ impl RecordStore {
     }
 
     /// The newest valid record: its sequence number and contents.
-    pub fn read<D: BlockDevice + ?Sized>(&self, device: &mut D) -> Result<Option<(u64, Layout)>> {
-        Ok(self
-            .scan(device)?
-            .newest
-            .map(|(seq, _, layout)| (seq, layout)))
+    pub fn read<D: BlockDevice + ?Sized>(
+        &mut self,
+        device: &mut D,
+    ) -> Result<Option<(u64, Layout)>> {
+        let scan = self.scan(device)?;
+        self.cache = Some(Positions {
+            newest: scan.newest.as_ref().map(|(seq, block, _)| (*seq, *block)),
+            blocks: scan.blocks,
+        });
+        Ok(scan.newest.map(|(seq, _, layout)| (seq, layout)))
     }
 
     fn scan<D: BlockDevice + ?Sized>(&self, device: &mut D) -> Result<Scan> {
@@ -188,22 +204,45 @@ impl RecordStore {
     }
 
     /// Writes `layout` as the next record; returns its sequence number.
-    pub fn write<D: BlockDevice + ?Sized>(&self, device: &mut D, layout: &Layout) -> Result<u64> {
-        let scan = self.scan(device)?;
-        let (seq, newest_block) = match &scan.newest {
-            Some((seq, block, _)) => (seq + 1, Some(*block)),
+    pub fn write<D: BlockDevice + ?Sized>(
+        &mut self,
+        device: &mut D,
+        layout: &Layout,
+    ) -> Result<u64> {
+        let positions = match self.cache.take() {
+            Some(positions) => positions,
+            None => {
+                let scan = self.scan(device)?;
+                Positions {
+                    newest: scan.newest.map(|(seq, block, _)| (seq, block)),
+                    blocks: scan.blocks,
+                }
+            }
+        };
+        let (seq, newest_block) = match positions.newest {
+            Some((seq, block)) => (seq + 1, Some(block)),
             None => (1, None),
         };
         let mut record = encode(seq, layout)?;
         record.resize(self.slot_len, 0xFF);
         let geometry = device.geometry();
         let slots_per_block = usize::try_from(geometry.erase_size).unwrap_or(0) / self.slot_len;
+        let mut blocks = positions.blocks;
         // Never touch the block with the newest record; use the first other one.
-        for (block, next_free) in scan.blocks.iter().filter(|(b, _)| Some(*b) != newest_block) {
-            match self.write_into(device, *block, *next_free, slots_per_block, &record) {
-                Ok(()) => return Ok(seq),
+        while let Some(index) = blocks.iter().position(|(b, _)| Some(*b) != newest_block) {
+            let (block, next_free) = blocks[index];
+            match self.write_into(device, block, next_free, slots_per_block, &record) {
+                Ok(used) => {
+                    blocks[index].1 = used + 1;
+                    self.cache = Some(Positions {
+                        newest: Some((seq, block)),
+                        blocks,
+                    });
+                    return Ok(seq);
+                }
                 Err(error) if geometry.kind.has_bad_blocks() && is_media_failure(&error) => {
-                    device.mark_bad(*block)?;
+                    device.mark_bad(block)?;
+                    blocks.remove(index);
                 }
                 Err(error) => return Err(error),
             }
@@ -223,7 +262,7 @@ impl RecordStore {
         next_free: usize,
         slots_per_block: usize,
         record: &[u8],
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let geometry = device.geometry();
         let mut slot = next_free;
         let mut readback = vec![0u8; record.len()];
@@ -239,7 +278,7 @@ impl RecordStore {
                 device.read(at, &mut readback)?;
                 readback == record
             } {
-                return Ok(());
+                return Ok(slot);
             }
             slot += 1;
         }
@@ -258,7 +297,7 @@ pub fn inspect<D: BlockDevice + ?Sized>(device: &mut D) -> Result<Option<Layout>
     if geometry.kind == FlashKind::Image {
         return Ok(None);
     }
-    let Ok(store) = RecordStore::for_device(&geometry) else {
+    let Ok(mut store) = RecordStore::for_device(&geometry) else {
         return Ok(None);
     };
     Ok(store.read(device)?.map(|(_, layout)| layout))
@@ -422,7 +461,7 @@ mod tests {
     #[test]
     fn newest_record_wins_and_blocks_alternate() {
         let mut f = SimFlash::new(nor(), SimOptions::default()).unwrap();
-        let store = RecordStore::for_device(&nor()).unwrap();
+        let mut store = RecordStore::for_device(&nor()).unwrap();
         assert!(store.read(&mut f).unwrap().is_none());
         for i in 0..40u8 {
             let seq = store.write(&mut f, &state(i % 2)).unwrap();
@@ -433,7 +472,7 @@ mod tests {
 
     #[test]
     fn a_torn_record_write_leaves_the_previous_one() {
-        let store = RecordStore::for_device(&nor()).unwrap();
+        let mut store = RecordStore::for_device(&nor()).unwrap();
         for tear in [Tear::Clean, Tear::Prefix, Tear::RandomBits] {
             for n in 0..40u64 {
                 let mut f = SimFlash::new(nor(), SimOptions::default()).unwrap();

@@ -455,6 +455,15 @@ impl SimFlash {
         }
         self.stats.block_erases += 1;
         self.spend(|t| t.erase_block, 1);
+        if torn.is_none()
+            && let Store::Memory(mem) = &mut self.store
+        {
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            if let Some(cells) = mem.get_mut(start..start.saturating_add(len as usize)) {
+                cells.fill(0xFF);
+                return Ok(());
+            }
+        }
         let mut data = vec![0u8; usize::try_from(len).unwrap_or(0)];
         match torn {
             None => data.fill(0xFF),
@@ -487,6 +496,15 @@ impl SimFlash {
         }
         self.stats.page_programs += 1;
         self.spend(|t| t.program_page, 1);
+        if torn.is_none()
+            && let Store::Memory(mem) = &mut self.store
+        {
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            if let Some(cells) = mem.get_mut(start..start.saturating_add(data.len())) {
+                cells.iter_mut().zip(data).for_each(|(c, d)| *c &= d);
+                return Ok(());
+            }
+        }
         let mut cells = vec![0u8; data.len()];
         self.load(offset, &mut cells)?;
         match torn {

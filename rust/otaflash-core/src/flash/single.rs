@@ -146,7 +146,7 @@ pub struct SingleSlot<D: BlockDevice> {
 
 impl<D: BlockDevice> SingleSlot<D> {
     pub fn open(mut device: D) -> Result<Self> {
-        let store = RecordStore::for_device(&device.geometry())?;
+        let mut store = RecordStore::for_device(&device.geometry())?;
         match store.read(&mut device)? {
             Some((_, Layout::Single(state))) => Ok(Self {
                 device,
@@ -168,7 +168,7 @@ impl<D: BlockDevice> SingleSlot<D> {
     /// after the record blocks), noting the blocks already bad there.
     pub fn open_or_create(mut device: D, slot: Option<Region>) -> Result<Self> {
         let geometry = device.geometry();
-        let store = RecordStore::for_device(&geometry)?;
+        let mut store = RecordStore::for_device(&geometry)?;
         if store.read(&mut device)?.is_some() {
             return Self::open(device);
         }
@@ -295,7 +295,7 @@ impl<D: BlockDevice> SingleSlot<D> {
         } = self;
         Ok(Some(InPlaceSession {
             device,
-            store: *store,
+            store,
             state,
             update_id,
             image,
@@ -371,7 +371,7 @@ impl<D: BlockDevice> SingleSlot<D> {
 /// in-place kind drives, and a [`ReadAt`] over the slot's current bytes.
 pub struct InPlaceSession<'a, D: BlockDevice> {
     device: &'a mut D,
-    store: RecordStore,
+    store: &'a mut RecordStore,
     state: &'a mut SingleState,
     update_id: [u8; 32],
     image: ImageInfo,
