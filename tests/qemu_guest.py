@@ -220,7 +220,9 @@ class QemuGuest:
             )
         except subprocess.TimeoutExpired as expired:
             console = (expired.stdout or b"").decode(errors="replace")
-            raise GuestError(f"the guest did not finish in {timeout} s:\n{console[-3000:]}") from None
+            raise GuestError(
+                f"the guest did not finish in {timeout} s:\n{console[-3000:]}"
+            ) from None
         seconds = time.monotonic() - started
         console = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
         rc_file = workdir / "guest.rc"

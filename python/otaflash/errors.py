@@ -37,6 +37,8 @@ code  meaning
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 __all__ = [
     "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
@@ -159,7 +161,7 @@ class FlashError(OtaflashError):
 
     exit_code = 6
 
-    _HINTS: dict[int, str] = {
+    _HINTS: ClassVar[dict[int, str]] = {
         5: "the block may have gone bad; on NAND, write again: failing blocks are marked bad "
         "and skipped",
         13: "run as a user who may write the device (often root)",

@@ -105,8 +105,7 @@ def _describe(record: dict[str, Any]) -> str:
     elif record["layout"] == "inplace":
         where = f"{record['target']} (in place)"
     text = (
-        f"flashed {record['image']} ({record['size']} bytes, sha256 {record['sha256']}) "
-        f"to {where}"
+        f"flashed {record['image']} ({record['size']} bytes, sha256 {record['sha256']}) to {where}"
     )
     if record.get("steps") is not None:
         return f"{text}: {record['steps']} blocks replaced, verified"

@@ -46,9 +46,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
         for index, slot in enumerate(s.slots):
             image = slot["image"]
             held = f"{image['size']} bytes, sha256 {image['sha256']}" if image else "empty"
-            lines.append(
-                f"    slot {'AB'[index]}: {slot['offset']:#x}+{slot['size']:#x}: {held}"
-            )
+            lines.append(f"    slot {'AB'[index]}: {slot['offset']:#x}+{slot['size']:#x}: {held}")
         lines.append(f"  next boot: {_describe_next(s.next)}")
     out.result("\n".join(lines), record)
     return 0

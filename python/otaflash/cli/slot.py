@@ -1,10 +1,10 @@
 """Run the update-slot hook: what a restarted device does.
 
-  boot     read the state record and act on it: finish an interrupted update
-           (with --image, the image it was writing), start the trial of a
-           new A/B slot, or roll back a trial that was never confirmed;
-           prints the slot to boot
-  confirm  the running A/B image is good: its trial becomes the active slot
+boot     read the state record and act on it: finish an interrupted update
+         (with --image, the image it was writing), start the trial of a
+         new A/B slot, or roll back a trial that was never confirmed;
+         prints the slot to boot
+confirm  the running A/B image is good: its trial becomes the active slot
 """
 
 from __future__ import annotations
@@ -36,9 +36,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     with flash.open_target(args.target) as target:
         if args.action == "confirm":
             slot = target.confirm()
-            text = (
-                f"confirmed slot {'AB'[slot]}" if slot is not None else "nothing to confirm"
-            )
+            text = f"confirmed slot {'AB'[slot]}" if slot is not None else "nothing to confirm"
             out.result(text, {"target": args.target, "confirmed": slot})
             return 0
         result = target.boot(args.image)
