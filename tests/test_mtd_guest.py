@@ -18,7 +18,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from qemu_guest import GuestResult, QemuGuest, missing_tools
 
-ROOT = Path(__file__).resolve().parent.parent
 ERASE = 128 * 1024
 #: nandsim: 128 MiB, 128 KiB blocks, 2 KiB pages; blocks 3 and 7 bad; the
 #: first program of page 650 (block 10) fails with EIO.
@@ -85,8 +84,8 @@ def guest_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GuestResu
     (work / "nand_a.bin").write_bytes(rng.randbytes(1_500_000))
     (work / "nand_b.bin").write_bytes(rng.randbytes(2_000_000))
     script = GUEST_SCRIPT.format(
-        python=ROOT / ".venv" / "bin" / "python",
-        otaflash=ROOT / ".venv" / "bin" / "otaflash",
+        python=Path(sys.executable).parent / "python",
+        otaflash=Path(sys.executable).parent / "otaflash",
         nand_a_size=1_500_000,
     )
     result = QemuGuest().run(script, workdir=work, modprobe=[MTDRAM, NANDSIM], timeout=540)
