@@ -20,12 +20,17 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from qemu_guest import QemuGuest, missing_tools
 
-
 SCRIPT = r"""
 set -eu
 PY={python}
 now() {{ date +%s.%N; }}
-timed() {{ local name=$1; shift; local s; s=$(now); "$@" > /dev/null; awk -v n="$name" -v s="$s" -v e="$(now)" 'BEGIN {{ print n, e - s }}' >> times.txt; }}
+timed() {{
+    local name=$1 s
+    shift
+    s=$(now)
+    "$@" > /dev/null
+    awk -v n="$name" -v s="$s" -v e="$(now)" 'BEGIN {{ print n, e - s }}' >> times.txt
+}}
 : > times.txt
 cat > api.py <<'EOF'
 import sys, time
