@@ -9,10 +9,11 @@ mod campaign;
 
 use campaign::{CampaignConfig, UpdateDriver, run_campaign};
 use otaflash_core::flash::{
-    AbLayout, AbPhase, BlockDevice, FlashKind, Geometry, ImageInfo, NextAction, SimFlash,
-    SimOptions, SingleSlot, WriteOptions,
+    AbLayout, AbPhase, BlockDevice, FlashKind, Geometry, ImageInfo, NextAction, RegionReader,
+    SharedDevice, SimFlash, SimOptions, SingleSlot, WriteOptions,
 };
 use otaflash_core::inplace::InPlaceTarget;
+use otaflash_core::io::ImageSink;
 use otaflash_core::io::ReadAt;
 use otaflash_core::progress::NoProgress;
 use otaflash_core::{Error, Result};
@@ -86,6 +87,14 @@ struct AbFull {
 }
 
 impl AbFull {
+    fn prepare_with(&self, flash: &mut SimFlash, old: &[u8]) -> Result<()> {
+        let mut layout = AbLayout::open_or_create(flash, None)?;
+        self.install(&mut layout, old)?;
+        layout.boot()?;
+        layout.confirm()?;
+        Ok(())
+    }
+
     fn install(&self, layout: &mut AbLayout<&mut SimFlash>, data: &[u8]) -> Result<()> {
         layout.install(
             &mut source(data),
@@ -130,11 +139,7 @@ impl UpdateDriver for AbFull {
     }
 
     fn prepare(&self, flash: &mut SimFlash) -> Result<()> {
-        let mut layout = AbLayout::open_or_create(flash, None)?;
-        self.install(&mut layout, &self.old)?;
-        layout.boot()?;
-        layout.confirm()?;
-        Ok(())
+        self.prepare_with(flash, &self.old)
     }
 
     fn update(&self, flash: &mut SimFlash) -> Result<()> {
@@ -149,20 +154,7 @@ impl UpdateDriver for AbFull {
     }
 
     fn booted(&self, flash: &mut SimFlash) -> Result<[u8; 32]> {
-        let mut layout = AbLayout::open(flash)?;
-        let state = layout.state().clone();
-        if state.phase != AbPhase::Idle {
-            return Err(Error::Slot(format!("still pending: {:?}", state.phase)));
-        }
-        let image = state.images[usize::from(state.active)]
-            .ok_or_else(|| Error::Slot("the active slot holds no recorded image".into()))?;
-        let digest = layout.slot_digest(state.active, image.size)?;
-        if digest != image.sha256 {
-            return Err(Error::Slot(
-                "the active slot does not hold its recorded image".into(),
-            ));
-        }
-        Ok(digest)
+        ab_booted(flash)
     }
 
     fn old_sha256(&self) -> [u8; 32] {
@@ -175,6 +167,129 @@ impl UpdateDriver for AbFull {
 
     fn clean_run_ends_new(&self) -> bool {
         !self.rollback
+    }
+}
+
+fn ab_booted(flash: &mut SimFlash) -> Result<[u8; 32]> {
+    let mut layout = AbLayout::open(flash)?;
+    let state = layout.state().clone();
+    if state.phase != AbPhase::Idle {
+        return Err(Error::Slot(format!("still pending: {:?}", state.phase)));
+    }
+    let image = state.images[usize::from(state.active)]
+        .ok_or_else(|| Error::Slot("the active slot holds no recorded image".into()))?;
+    let digest = layout.slot_digest(state.active, image.size)?;
+    if digest != image.sha256 {
+        return Err(Error::Slot(
+            "the active slot does not hold its recorded image".into(),
+        ));
+    }
+    Ok(digest)
+}
+
+/// A sequential stream computing the new image from the old one, read out of
+/// the active slot while the install writes the inactive slot: the shape of
+/// a delta applier plugged into the A/B layout (two handles on one device).
+struct AbStreaming {
+    old: Vec<u8>,
+    new: Vec<u8>,
+}
+
+impl AbStreaming {
+    fn new(old: Vec<u8>) -> Self {
+        let new = Self::transform(0, &old);
+        Self { old, new }
+    }
+
+    fn transform(at: usize, old: &[u8]) -> Vec<u8> {
+        old.iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                if ((at + i) / 8192) % 3 == 0 {
+                    b ^ 0x5A
+                } else {
+                    b
+                }
+            })
+            .collect()
+    }
+
+    fn apply(&self, flash: &mut SimFlash) -> Result<()> {
+        let shared = SharedDevice::new(flash);
+        let mut layout = AbLayout::open(shared.clone())?;
+        let state = layout.state().clone();
+        let active = usize::from(state.active);
+        let source = state.images[active]
+            .filter(|image| *image == info(&self.old))
+            .ok_or_else(|| Error::Slot("the active slot does not hold the old image".into()))?;
+        let mut old = RegionReader::new(shared.clone(), state.slots[active], source.size)?;
+        let mut sink = layout.begin_install(info(&self.new), WriteOptions::default())?;
+        let mut buf = vec![0u8; 4096];
+        let mut at = 0;
+        while at < self.old.len() {
+            let n = (self.old.len() - at).min(buf.len());
+            old.read_exact_at(at as u64, &mut buf[..n])?;
+            sink.write(&Self::transform(at, &buf[..n]))?;
+            at += n;
+        }
+        sink.finish()
+    }
+
+    fn hook(&self, flash: &mut SimFlash) -> Result<()> {
+        loop {
+            let action = AbLayout::open(&mut *flash)?.state().next_action();
+            match action {
+                NextAction::Boot { .. } => return Ok(()),
+                NextAction::ResumeInstall { image, .. } if image == info(&self.new) => {
+                    self.apply(flash)?;
+                }
+                NextAction::BootTrial { .. } => {
+                    let mut layout = AbLayout::open(&mut *flash)?;
+                    layout.boot()?;
+                    layout.confirm()?;
+                }
+                NextAction::RollBack { .. } => {
+                    AbLayout::open(&mut *flash)?.boot()?;
+                }
+                other => return Err(Error::Slot(format!("unexpected state {other:?}"))),
+            }
+        }
+    }
+}
+
+impl UpdateDriver for AbStreaming {
+    fn name(&self) -> String {
+        "A/B streaming from the active slot".into()
+    }
+
+    fn prepare(&self, flash: &mut SimFlash) -> Result<()> {
+        AbFull {
+            old: Vec::new(),
+            new: self.old.clone(),
+            rollback: false,
+        }
+        .prepare_with(flash, &self.old)
+    }
+
+    fn update(&self, flash: &mut SimFlash) -> Result<()> {
+        self.apply(flash)?;
+        self.hook(flash)
+    }
+
+    fn recover(&self, flash: &mut SimFlash) -> Result<()> {
+        self.hook(flash)
+    }
+
+    fn booted(&self, flash: &mut SimFlash) -> Result<[u8; 32]> {
+        ab_booted(flash)
+    }
+
+    fn old_sha256(&self) -> [u8; 32] {
+        sha256(&self.old)
+    }
+
+    fn new_sha256(&self) -> [u8; 32] {
+        sha256(&self.new)
     }
 }
 
@@ -422,6 +537,12 @@ fn ab_rollback_nand() {
         },
         nand(),
     );
+}
+
+#[test]
+fn ab_streaming_from_the_active_slot_nand() {
+    let (old, _) = reference_images(10);
+    campaign(&AbStreaming::new(old), nand());
 }
 
 #[test]

@@ -401,6 +401,12 @@ impl<D: BlockDevice> InPlaceSession<'_, D> {
         self.image
     }
 
+    /// What the slot held before the update started, when recorded: a delta
+    /// can check its source against it.
+    pub fn old_image(&self) -> Option<ImageInfo> {
+        self.state.image
+    }
+
     /// All steps are done: checks the slot's SHA-256 against the new image
     /// and records it as what the slot holds.
     pub fn finish(self) -> Result<()> {
