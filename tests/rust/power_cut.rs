@@ -205,7 +205,7 @@ impl AbStreaming {
         old.iter()
             .enumerate()
             .map(|(i, &b)| {
-                if ((at + i) / 8192) % 3 == 0 {
+                if ((at + i) / 8192).is_multiple_of(3) {
                     b ^ 0x5A
                 } else {
                     b
