@@ -191,7 +191,7 @@ def test_ab_update_trial_confirm_and_rollback_through_the_cli(
 
 def test_interrupted_updates_resume_through_the_boot_hook(tmp_path: Path) -> None:
     new = _image(tmp_path / "new.bin", 400_000, 11)
-    uri = f"sim:{tmp_path}/ip.sim?kind=nor&size=2M&erase_us=2000&program_us=50&realtime=1"
+    uri = f"sim:{tmp_path}/ip.sim?kind=nor&size=2M&erase_us=2000&program_us=500&realtime=1"
     target = flash.open_target(uri)
     timer = threading.Timer(0.15, target.cancel)
     timer.start()
