@@ -48,8 +48,8 @@ lint-rust:  ## rustfmt and clippy, warnings are errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-test-rust:  ## the core's unit, vector and property tests (no Python needed)
-	cargo test --workspace --locked
+test-rust:  ## the core's unit, vector, property and power-cut tests (no Python needed)
+	cargo test --workspace --locked -- --show-output
 
 lint-python:  ## ruff, mypy --strict, and the extension's stubs against the build
 	$(VENV)/bin/ruff check python tests benches
@@ -68,6 +68,10 @@ bench:  ## benchmarks: release build in its own venv, peers side by side
 	cd benches && $(BENCH_PY) -m pytest -p no:cacheprovider --benchmark-enable \
 		--benchmark-json=../target/bench.json --benchmark-columns=min,median,max -q .
 	$(BENCH_PY) benches/report.py target/bench.json
+	[ ! -x ../shared/corpus/fetch.sh ] || PAIRS_ONLY="greatfet-fw nrf52-connectivity ruff" \
+		PATH="$(CURDIR)/$(BENCH_VENV)/bin:$$PATH" \
+		bash ../shared/corpus/fetch.sh target/corpus
+	cargo bench -p otaflash-core --bench flash
 
 clean:  ## remove build outputs and venvs
 	rm -rf target $(VENV) $(BENCH_VENV) demo python/otaflash/_core*.so

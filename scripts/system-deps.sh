@@ -9,6 +9,12 @@ requirements=(
     "md5sum coreutils"
     "sha256sum coreutils"
     "sha1sum coreutils"
+    # The MTD tests boot Debian's kernel in a qemu guest (tests/qemu_guest.py)
+    # and cross-check with mtd-utils there; the initramfs needs a static busybox.
+    "qemu-system-x86_64 qemu-system-x86"
+    "- busybox-static"
+    "- kmod"
+    "flashcp mtd-utils"
     # The update service's peers: a real MQTT broker for the Alibaba IoT topics,
     # the load generator and reference file server of its benchmarks, and
     # PostgreSQL, the server's storage for fleets.

@@ -1,10 +1,10 @@
 # Stubs for the Rust extension; checked against the built module by mypy.stubtest.
 from collections.abc import Callable
-from typing import final
+from typing import Any, final
 
 from typing_extensions import Buffer
 
-__all__ = ["Hasher", "__version__", "hash_file"]
+__all__ = ["FlashTarget", "Hasher", "__version__", "hash_file"]
 
 __version__: str
 
@@ -27,3 +27,32 @@ def hash_file(
     algorithms: list[str],
     progress: Callable[[str, int, int | None], object] | None = None,
 ) -> tuple[int, list[tuple[str, str]]]: ...
+
+_Progress = Callable[[str, int, int | None], object]
+
+@final
+class FlashTarget:
+    def __new__(cls, uri: str) -> FlashTarget: ...
+    @property
+    def uri(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    def geometry(self) -> dict[str, Any]: ...
+    def bad_blocks(self) -> list[int]: ...
+    def layout(self) -> dict[str, Any] | None: ...
+    def read(self, offset: int, size: int) -> bytes: ...
+    def write(
+        self,
+        image: str,
+        offset: int = 0,
+        layout: str = "raw",
+        progress: _Progress | None = None,
+        skip_blank: bool = True,
+        skip_unchanged: bool = True,
+    ) -> dict[str, Any]: ...
+    def verify(self, image: str, offset: int = 0, progress: _Progress | None = None) -> str: ...
+    def boot(
+        self, image: str | None = None, progress: _Progress | None = None
+    ) -> dict[str, Any]: ...
+    def confirm(self) -> int | None: ...
+    def cancel(self) -> None: ...

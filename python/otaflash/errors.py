@@ -37,6 +37,8 @@ code  meaning
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 __all__ = [
     "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
@@ -54,6 +56,8 @@ __all__ = [
     "OtaflashError",
     "PatchError",
     "RuleError",
+    "SlotError",
+    "TargetError",
     "TransportError",
     "UnknownAlgorithmError",
     "VerifyError",
@@ -135,14 +139,68 @@ class TransportError(OtaflashError):
     hint = "check the cable, the port name and that no other program holds the port"
 
 
+class TargetError(InputError):
+    """A flash target URI is malformed, or names something that is not a
+    flash device (a regular file given as ``mtd:``, a foreign ``sim:`` file)."""
+
+    hint = "use mtd:/dev/mtdN, sim:PATH?kind=nor|nand&size=BYTES or file:PATH"
+
+    def __init__(self, message: str, target: str | None = None) -> None:
+        super().__init__(message)
+        self.target = target
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class FlashError(OtaflashError):
-    """The flash refused an erase, program or read."""
+    """The flash refused an erase, program or read.
+
+    ``device``, ``offset`` and ``errno`` say where and how, when known.
+    """
 
     exit_code = 6
+
+    _HINTS: ClassVar[dict[int, str]] = {
+        5: "the block may have gone bad; on NAND, write again: failing blocks are marked bad "
+        "and skipped",
+        13: "run as a user who may write the device (often root)",
+        22: "the device refused the request: check the offset and sizes against `otaflash info`",
+        30: "the partition is read-only",
+    }
+
+    def __init__(
+        self,
+        message: str,
+        device: str | None = None,
+        offset: int | None = None,
+        errno: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.device = device
+        self.offset = offset
+        self.errno = errno
+        if errno in self._HINTS:
+            self.hint = self._HINTS[errno]
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class GeometryError(FlashError, ValueError):
     """An image or offset does not fit the flash layout."""
+
+    hint = (
+        "use a smaller image, a bigger partition or slot, or an offset that is a multiple "
+        "of the erase block (`otaflash info --target ...` shows the geometry)"
+    )
+
+
+class SlotError(FlashError):
+    """The update state on the flash forbids the request, or an interrupted
+    update needs its image to resume."""
+
+    hint = "`otaflash info --target ...` shows the slot state and what comes next"
 
 
 class PatchError(OtaflashError):

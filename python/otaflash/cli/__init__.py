@@ -24,6 +24,10 @@ __all__ = ["main"]
 #: Verb modules, in the order `otaflash --help` lists them.
 VERBS: tuple[str, ...] = (
     "hash",
+    "flash",
+    "verify",
+    "info",
+    "slot",
     "update",
     "check",
     "watch",

@@ -37,6 +37,37 @@ pub enum Error {
     #[error("cancelled")]
     Cancelled,
 
+    /// A flash operation failed on the device; `source` carries the errno.
+    #[error(
+        "cannot {operation} {device} at {offset:#x} (+{len:#x}): {}",
+        describe_errno(source)
+    )]
+    Flash {
+        device: String,
+        operation: &'static str,
+        offset: u64,
+        len: u64,
+        #[source]
+        source: io::Error,
+    },
+
+    /// An image, offset or layout does not fit the flash geometry.
+    #[error("{0}")]
+    Geometry(String),
+
+    /// A target is not what it must be (not an MTD device, a malformed URI).
+    #[error("{target}: {reason}")]
+    Target { target: String, reason: String },
+
+    /// The simulated flash lost power (fault injection); nothing after this
+    /// operation reached the device.
+    #[error("{device}: power cut at flash operation {operation}")]
+    PowerCut { device: String, operation: u64 },
+
+    /// The on-flash update state forbids or does not explain the request.
+    #[error("{0}")]
+    Slot(String),
+
     /// A caller-supplied callback (progress, I/O adapter) failed; the caller's
     /// own error is carried through unchanged so it can be re-raised as is.
     #[error("{0}")]
@@ -55,9 +86,19 @@ impl Error {
     /// The OS error number behind an I/O failure, when there is one.
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
-            Self::Io { source, .. } => source.raw_os_error(),
+            Self::Io { source, .. } | Self::Flash { source, .. } => source.raw_os_error(),
             _ => None,
         }
+    }
+}
+
+/// Like [`describe_io`], plus the errno's symbolic name (`EIO`), which is
+/// what MTD documentation and kernel logs use.
+fn describe_errno(error: &io::Error) -> String {
+    let text = describe_io(error);
+    match error.raw_os_error() {
+        Some(code) => format!("{text} ({:?})", nix::errno::Errno::from_raw(code)),
+        None => text,
     }
 }
 
@@ -98,5 +139,17 @@ mod tests {
         assert_eq!(e.raw_os_error(), Some(2));
         let e = Error::io("read", "/dev/mtd0", io::Error::from_raw_os_error(5));
         assert_eq!(e.to_string(), "cannot read /dev/mtd0: input/output error");
+        let e = Error::Flash {
+            device: "/dev/mtd3".into(),
+            operation: "erase",
+            offset: 0x20000,
+            len: 0x20000,
+            source: io::Error::from_raw_os_error(5),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot erase /dev/mtd3 at 0x20000 (+0x20000): input/output error (EIO)"
+        );
+        assert_eq!(e.raw_os_error(), Some(5));
     }
 }

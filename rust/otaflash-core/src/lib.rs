@@ -14,6 +14,7 @@
 //! ```
 
 pub mod error;
+pub mod flash;
 pub mod hash;
 pub mod inplace;
 pub mod io;

@@ -15,6 +15,10 @@ pyo3::import_exception!(otaflash.errors, UnknownAlgorithmError);
 pyo3::import_exception!(otaflash.errors, VerifyError);
 pyo3::import_exception!(otaflash.errors, InputError);
 pyo3::import_exception!(otaflash.errors, Cancelled);
+pyo3::import_exception!(otaflash.errors, FlashError);
+pyo3::import_exception!(otaflash.errors, GeometryError);
+pyo3::import_exception!(otaflash.errors, TargetError);
+pyo3::import_exception!(otaflash.errors, SlotError);
 
 /// A core error on its way to Python; also wraps a `PyErr` raised inside a
 /// callback so it comes back out unchanged.
@@ -58,6 +62,18 @@ impl From<OtaError> for PyErr {
             } => VerifyError::new_err((message, subject, expected, actual)),
             Error::InvalidArgument(_) => InputError::new_err(message),
             Error::Cancelled => Cancelled::new_err(message),
+            Error::Flash {
+                device,
+                offset,
+                source,
+                ..
+            } => FlashError::new_err((message, device, offset, source.raw_os_error())),
+            Error::PowerCut { device, operation } => {
+                FlashError::new_err((message, device, operation, None::<i32>))
+            }
+            Error::Geometry(_) => GeometryError::new_err(message),
+            Error::Target { target, .. } => TargetError::new_err((message, target)),
+            Error::Slot(_) => SlotError::new_err(message),
             Error::Callback(inner) => match inner.downcast::<PyErr>() {
                 Ok(py_err) => *py_err,
                 Err(other) => PyRuntimeError::new_err(other.to_string()),

@@ -4,6 +4,7 @@
 
 mod buffer;
 mod errors;
+mod flash;
 mod hash;
 mod progress;
 
@@ -15,6 +16,9 @@ mod _core {
 
     #[pymodule_export]
     use super::hash::{Hasher, hash_file};
+
+    #[pymodule_export]
+    use super::flash::FlashTarget;
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
