@@ -25,6 +25,8 @@ CLASS_CODES = {
     errors.TransportError: 5,
     errors.FlashError: 6,
     errors.GeometryError: 6,
+    errors.SlotError: 6,
+    errors.TargetError: 3,
     errors.PatchError: 7,
     errors.DownloadError: 8,
     errors.RuleError: 9,
