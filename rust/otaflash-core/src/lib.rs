@@ -17,6 +17,7 @@ pub mod error;
 pub mod hash;
 pub mod inplace;
 pub mod io;
+pub mod patch;
 pub mod progress;
 
 pub use error::{Error, Result};
