@@ -9,6 +9,10 @@ requirements=(
     "md5sum coreutils"
     "sha256sum coreutils"
     "sha1sum coreutils"
+    "bsdiff bsdiff"
+    "bspatch bsdiff"
+    "xdelta3 xdelta3"
+    "zstd zstd"
 )
 
 missing=()

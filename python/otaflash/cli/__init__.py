@@ -22,7 +22,7 @@ from otaflash.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, OtaflashEr
 __all__ = ["main"]
 
 #: Verb modules, in the order `otaflash --help` lists them.
-VERBS: tuple[str, ...] = ("hash",)
+VERBS: tuple[str, ...] = ("hash", "diff", "patch", "patch_info")
 
 EPILOG = """\
 exit codes: 0 ok, 1 failed, 2 bad command line, 3 unusable input, 4 verify

@@ -15,6 +15,10 @@ pyo3::import_exception!(otaflash.errors, UnknownAlgorithmError);
 pyo3::import_exception!(otaflash.errors, VerifyError);
 pyo3::import_exception!(otaflash.errors, InputError);
 pyo3::import_exception!(otaflash.errors, Cancelled);
+pyo3::import_exception!(otaflash.errors, CorruptPatchError);
+pyo3::import_exception!(otaflash.errors, ForeignPatchError);
+pyo3::import_exception!(otaflash.errors, UnsupportedPatchError);
+pyo3::import_exception!(otaflash.errors, WrongOldImageError);
 
 /// A core error on its way to Python; also wraps a `PyErr` raised inside a
 /// callback so it comes back out unchanged.
@@ -58,6 +62,14 @@ impl From<OtaError> for PyErr {
             } => VerifyError::new_err((message, subject, expected, actual)),
             Error::InvalidArgument(_) => InputError::new_err(message),
             Error::Cancelled => Cancelled::new_err(message),
+            Error::PatchCorrupt(_) => CorruptPatchError::new_err(message),
+            Error::PatchForeign(_) => ForeignPatchError::new_err(message),
+            Error::PatchUnsupported(_) => UnsupportedPatchError::new_err(message),
+            Error::PatchWrongOld {
+                expected_sha256,
+                actual_sha256,
+                ..
+            } => WrongOldImageError::new_err((message, expected_sha256, actual_sha256)),
             Error::Callback(inner) => match inner.downcast::<PyErr>() {
                 Ok(py_err) => *py_err,
                 Err(other) => PyRuntimeError::new_err(other.to_string()),

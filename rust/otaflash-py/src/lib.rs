@@ -3,6 +3,7 @@
 //! else. Users import from `otaflash.*`, never from here.
 
 mod buffer;
+mod delta;
 mod errors;
 mod hash;
 mod progress;
@@ -15,6 +16,9 @@ mod _core {
 
     #[pymodule_export]
     use super::hash::{Hasher, hash_file};
+
+    #[pymodule_export]
+    use super::delta::{Applier, apply_file, checkpoint_offsets, diff, patch_info};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -218,6 +218,7 @@ pub struct Applier<R: ReadAt, W: ImageSink> {
     mode: Mode,
     fed: u64,
     resume: Option<Checkpoint>,
+    working_set: Option<usize>,
 }
 
 impl<R: ReadAt, W: ImageSink> std::fmt::Debug for Applier<R, W> {
@@ -235,6 +236,7 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
             mode: Mode::Head(Vec::with_capacity(HEADER_LEN)),
             fed: 0,
             resume: None,
+            working_set: None,
         }
     }
 
@@ -276,7 +278,7 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
         match &self.mode {
             Mode::Ours(s) => Some(body::working_set(&s.header, self.options.read_cache)),
             Mode::Bsdiff(b) => Some(b.working_set()),
-            _ => None,
+            _ => self.working_set,
         }
     }
 
@@ -458,12 +460,17 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
     }
 
     fn finish_mode(&mut self, mode: Mode, progress: &mut dyn Progress) -> Result<ApplyReport> {
+        self.working_set = match &mode {
+            Mode::Ours(s) => Some(body::working_set(&s.header, self.options.read_cache)),
+            Mode::Bsdiff(b) => Some(b.working_set()),
+            _ => self.working_set,
+        };
         match mode {
             Mode::Head(buf) => Err(if self.resume.is_some() {
                 Error::PatchCorrupt("no patch bytes were fed after the checkpoint".into())
             } else {
                 Error::PatchCorrupt(format!(
-                    "the patch is truncated: it ended after {} bytes, inside its header",
+                    "it is truncated: it ended after {} bytes, inside its header",
                     buf.len()
                 ))
             }),
@@ -478,7 +485,7 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
                 let body_seen = self.fed - HEADER_LEN as u64;
                 if body_seen < header.body_size || !body.is_complete() {
                     return Err(Error::PatchCorrupt(format!(
-                        "the patch is truncated: it ended after {} of its {} bytes",
+                        "it is truncated: it ended after {} of its {} bytes",
                         self.fed,
                         HEADER_LEN as u64 + header.body_size
                     )));

@@ -305,9 +305,7 @@ impl BsdiffApply {
         progress: &mut dyn Progress,
     ) -> Result<ApplyReport> {
         if self.ctrl.is_none() {
-            return Err(corrupt(
-                "the patch is truncated inside its control or diff stream",
-            ));
+            return Err(corrupt("it is truncated inside its control or diff stream"));
         }
         // Drain what the extra decoder still holds.
         loop {
@@ -322,9 +320,11 @@ impl BsdiffApply {
             }
         }
         self.run(old, sink, progress)?;
-        if self.new_pos != self.new_size || self.record.is_some() {
+        // bspatch stops reading once it has its bytes; a patch cut inside
+        // the extra stream's trailer would pass there. It is truncated.
+        if self.new_pos != self.new_size || self.record.is_some() || !self.extra_end {
             return Err(corrupt(format!(
-                "the patch is truncated: it made {} of {} bytes",
+                "it is truncated: it made {} of {} bytes",
                 self.new_pos, self.new_size
             )));
         }

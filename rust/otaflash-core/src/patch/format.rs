@@ -168,7 +168,7 @@ impl Header {
     pub fn decode(b: &[u8]) -> Result<Self> {
         if b.len() < HEADER_LEN {
             return Err(corrupt(format!(
-                "the patch is truncated: its header needs {HEADER_LEN} bytes, got {}",
+                "it is truncated: its header needs {HEADER_LEN} bytes, got {}",
                 b.len()
             )));
         }

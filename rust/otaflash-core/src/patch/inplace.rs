@@ -61,7 +61,7 @@ impl<T: InPlaceTarget> ReadAt for Shifted<'_, T> {
 fn read_patch(patch: &mut dyn ReadAt, offset: u64, len: usize) -> Result<Vec<u8>> {
     if offset.saturating_add(len as u64) > patch.size() {
         return Err(Error::PatchCorrupt(format!(
-            "the patch is truncated: it has {} bytes, {} are needed",
+            "it is truncated: it has {} bytes, {} are needed",
             patch.size(),
             offset + len as u64
         )));
