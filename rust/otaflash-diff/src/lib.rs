@@ -52,7 +52,7 @@ impl Default for DiffOptions {
             compression: Compression::Zstd,
             level: 19,
             window_log: 21,
-            block_size: 256 << 10,
+            block_size: 512 << 10,
             frame_size: 4 << 20,
             threads: 0,
             slot_size: None,
@@ -150,12 +150,31 @@ pub fn diff_with(
         Kind::Sequential => (0, 0),
         Kind::InPlace => in_place_geometry(old.len(), new.len(), opts)?,
     };
-    let mut records = matcher::find_records(old, new, threads, progress)?;
-    if opts.kind == Kind::InPlace {
-        records = matcher::restrict_in_place(&records, opts.block_size, shift);
+    let sa = matcher::suffix_array(old, threads)?;
+    // Small images (MCU firmware) are cheap to diff: try several match
+    // thresholds and keep the smallest patch. Large ones use bsdiff's.
+    let thresholds: &[usize] = if new.len() < SMALL_IMAGE {
+        &[4, 8, 12]
+    } else {
+        &[8]
+    };
+    let mut best: Option<(Vec<Frame>, Vec<Vec<u8>>)> = None;
+    for &threshold in thresholds {
+        let mut records = matcher::find_records(&sa, old, new, threads, threshold, progress)?;
+        if opts.kind == Kind::InPlace {
+            records = matcher::restrict_in_place(&records, opts.block_size, shift);
+        }
+        let frames = build_frames(old, new, &records, opts)?;
+        let compressed = compress_frames(&frames, opts, threads, new.len() as u64, progress)?;
+        let size: usize = compressed.iter().map(Vec::len).sum();
+        if best
+            .as_ref()
+            .is_none_or(|(_, b)| size < b.iter().map(Vec::len).sum())
+        {
+            best = Some((frames, compressed));
+        }
     }
-    let frames = build_frames(old, new, &records, opts)?;
-    let compressed = compress_frames(&frames, opts, threads, new.len() as u64, progress)?;
+    let (frames, compressed) = best.unwrap_or_default();
 
     let mut body = Vec::new();
     for (frame, payload) in frames.iter().zip(&compressed) {
@@ -189,6 +208,9 @@ pub fn diff_with(
     patch.extend_from_slice(&body);
     Ok(patch)
 }
+
+/// Below this many new bytes, several match thresholds are tried.
+const SMALL_IMAGE: usize = 2 << 20;
 
 struct Frame {
     out_len: u32,

@@ -68,7 +68,19 @@ fn search(sa: &[i32], old: &[u8], target: &[u8]) -> (usize, usize) {
 }
 
 /// bsdiff's scan over `new[start..end]` (matches may extend up to `end`).
-fn scan_range(sa: &[i32], old: &[u8], new_all: &[u8], start: usize, end: usize) -> Vec<Record> {
+///
+/// `threshold`: how many bytes longer than continuing at the last offset a
+/// new exact match must be to start a new record (bsdiff uses 8; smaller
+/// suits images where short moved pieces matter, larger suits code where
+/// the approximate extension already covers them).
+fn scan_range(
+    sa: &[i32],
+    old: &[u8],
+    new_all: &[u8],
+    start: usize,
+    end: usize,
+    threshold: usize,
+) -> Vec<Record> {
     let new = &new_all[..end];
     let oldsize = old.len();
     let newsize = end;
@@ -100,7 +112,7 @@ fn scan_range(sa: &[i32], old: &[u8], new_all: &[u8], start: usize, end: usize) 
                 }
                 scsc += 1;
             }
-            if (len == oldscore && len != 0) || len > oldscore + 8 {
+            if (len == oldscore && len != 0) || len > oldscore + threshold {
                 break;
             }
             let o = scan as isize + lastoffset;
@@ -173,12 +185,13 @@ fn scan_range(sa: &[i32], old: &[u8], new_all: &[u8], start: usize, end: usize) 
 
 /// Records covering all of `new`, matched against `old`.
 pub(crate) fn find_records(
+    sa: &[i32],
     old: &[u8],
     new: &[u8],
     threads: usize,
+    threshold: usize,
     progress: &mut dyn Progress,
 ) -> Result<Vec<Record>> {
-    let sa = suffix_array(old, threads)?;
     progress.report(ProgressEvent {
         operation: Operation::Patch,
         done: 0,
@@ -194,8 +207,7 @@ pub(crate) fn find_records(
             .windows(2)
             .map(|w| {
                 let (a, b) = (w[0], w[1]);
-                let (sa, old) = (&sa, old);
-                scope.spawn(move || scan_range(sa, old, new, a, b))
+                scope.spawn(move || scan_range(sa, old, new, a, b, threshold))
             })
             .collect();
         for (slot, h) in pieces.iter_mut().zip(handles) {
@@ -287,8 +299,16 @@ mod tests {
         let mut new = old.clone();
         new.splice(5000..5000, b"inserted bytes".iter().copied());
         new[70_000] ^= 0x55;
-        let records =
-            find_records(&old, &new, 2, &mut otaflash_core::progress::NoProgress).unwrap();
+        let sa = suffix_array(&old, 1).unwrap();
+        let records = find_records(
+            &sa,
+            &old,
+            &new,
+            2,
+            8,
+            &mut otaflash_core::progress::NoProgress,
+        )
+        .unwrap();
         assert_eq!(
             records.iter().map(|r| r.copy + r.extra).sum::<u64>(),
             new.len() as u64

@@ -24,7 +24,8 @@ fn corrupt(what: impl Into<String>) -> Error {
 /// `read_cache` bytes.
 pub fn working_set(header: &Header, read_cache: usize) -> usize {
     let block = header.block_size as usize;
-    let records = (block / RECORD_DENSITY as usize + 1) * std::mem::size_of::<Span>();
+    let records = (block / RECORD_DENSITY as usize + 1)
+        * (std::mem::size_of::<Span>() + std::mem::size_of::<(u64, u32, u32)>());
     let codec = match header.compression {
         Compression::None => 0,
         Compression::Zstd => (1usize << header.window_log) + ZSTD_FIXED,
@@ -32,42 +33,119 @@ pub fn working_set(header: &Header, read_cache: usize) -> usize {
     block + records + STAGING + read_cache + codec
 }
 
-/// Reads of the old image through one cached window, so the many small
-/// copies of a patch cost a few large reads.
+/// Reads of the old image through a 4-way set-associative cache of 4 KiB
+/// pages (least recently used way replaced): patches copy many short runs
+/// from a few regions that move through the old image, so a miss must cost
+/// one page, not a window. Long copies bypass the cache.
 #[derive(Debug)]
 pub(crate) struct ReadCache {
-    buf: Vec<u8>,
-    capacity: usize,
-    start: u64,
+    pages: Vec<u8>,
+    tags: Vec<u64>,
+    used: Vec<u64>,
+    clock: u64,
+    sets: usize,
 }
+
+const PAGE: usize = 4096;
+const WAYS: usize = 4;
+const EMPTY: u64 = u64::MAX;
 
 impl ReadCache {
     pub(crate) fn new(capacity: usize) -> Self {
+        let sets = (capacity / (PAGE * WAYS)).max(1);
         Self {
-            buf: Vec::new(),
-            capacity: capacity.max(1),
-            start: 0,
+            pages: vec![0; sets * WAYS * PAGE],
+            tags: vec![EMPTY; sets * WAYS],
+            used: vec![0; sets * WAYS],
+            clock: 0,
+            sets,
         }
     }
 
-    pub(crate) fn read(&mut self, old: &mut dyn ReadAt, pos: u64, out: &mut [u8]) -> Result<()> {
-        let len = out.len() as u64;
-        if pos >= self.start && pos + len <= self.start + self.buf.len() as u64 {
-            let at = (pos - self.start) as usize;
-            out.copy_from_slice(&self.buf[at..at + out.len()]);
-            return Ok(());
+    /// The cache slot holding `page`, loading it if needed.
+    fn slot(&mut self, old: &mut dyn ReadAt, page: u64, avail: usize) -> Result<usize> {
+        self.clock += 1;
+        let set = (page % self.sets as u64) as usize * WAYS;
+        let ways = set..set + WAYS;
+        if let Some(slot) = ways.clone().find(|&w| self.tags[w] == page) {
+            self.used[slot] = self.clock;
+            return Ok(slot);
         }
-        if out.len() >= self.capacity {
+        let slot = ways.min_by_key(|&w| self.used[w]).unwrap_or(set);
+        let base = slot * PAGE;
+        self.tags[slot] = EMPTY;
+        old.read_exact_at(page * PAGE as u64, &mut self.pages[base..base + avail])?;
+        self.tags[slot] = page;
+        self.used[slot] = self.clock;
+        Ok(slot)
+    }
+
+    /// Fills `block` from the old image: `copies` are (old offset, block
+    /// offset, length). They are read in old-image order, nearby ones
+    /// coalesced into one read through the cache's buffer, so a block costs a
+    /// few large reads however scattered its copies are.
+    pub(crate) fn gather(
+        &mut self,
+        old: &mut dyn ReadAt,
+        copies: &mut [(u64, u32, u32)],
+        block: &mut [u8],
+    ) -> Result<()> {
+        const GAP: u64 = 32 * 1024;
+        self.tags.fill(EMPTY);
+        copies.sort_unstable_by_key(|c| c.0);
+        let cap = self.pages.len() as u64;
+        let mut i = 0;
+        while i < copies.len() {
+            let (start, _, len) = copies[i];
+            let mut end = start + u64::from(len);
+            let mut j = i + 1;
+            while j < copies.len() {
+                let (s, _, l) = copies[j];
+                let e = (s + u64::from(l)).max(end);
+                if s > end + GAP || e - start > cap {
+                    break;
+                }
+                end = e;
+                j += 1;
+            }
+            if end - start > cap {
+                // One copy longer than the buffer: straight into the block.
+                let (_, at, len) = copies[i];
+                old.read_exact_at(start, &mut block[at as usize..at as usize + len as usize])?;
+            } else {
+                let run = &mut self.pages[..(end - start) as usize];
+                old.read_exact_at(start, run)?;
+                for &(s, at, len) in &copies[i..j] {
+                    let from = (s - start) as usize;
+                    block[at as usize..at as usize + len as usize]
+                        .copy_from_slice(&run[from..from + len as usize]);
+                }
+            }
+            i = j.max(i + 1);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn read(&mut self, old: &mut dyn ReadAt, pos: u64, out: &mut [u8]) -> Result<()> {
+        if out.len() >= 4 * PAGE {
             return old.read_exact_at(pos, out);
         }
-        let fill = (old.size().saturating_sub(pos)).min(self.capacity as u64) as usize;
-        self.buf.resize(fill, 0);
-        self.start = pos;
-        old.read_exact_at(pos, &mut self.buf)?;
-        if fill < out.len() {
-            return Err(corrupt("it copies from beyond the end of the old image"));
+        let size = old.size();
+        let mut done = 0;
+        while done < out.len() {
+            let at = pos + done as u64;
+            let page = at / PAGE as u64;
+            let start = page * PAGE as u64;
+            let avail = (size.saturating_sub(start)).min(PAGE as u64) as usize;
+            let offset = (at - start) as usize;
+            if offset >= avail {
+                return Err(corrupt("it copies from beyond the end of the old image"));
+            }
+            let base = self.slot(old, page, avail)? * PAGE;
+            let n = (avail - offset).min(out.len() - done);
+            out[done..done + n].copy_from_slice(&self.pages[base + offset..base + offset + n]);
+            done += n;
         }
-        out.copy_from_slice(&self.buf[..out.len()]);
         Ok(())
     }
 }
@@ -122,6 +200,7 @@ pub(crate) struct BodyDecoder {
     block: Vec<u8>,
     block_len: usize,
     spans: Vec<Span>,
+    copies: Vec<(u64, u32, u32)>,
     phase: Phase,
     filled: usize,
     old_pos: u64,
@@ -165,6 +244,7 @@ impl BodyDecoder {
             block: vec![0; block],
             block_len: 0,
             spans: Vec::with_capacity(block / RECORD_DENSITY as usize + 1),
+            copies: Vec::with_capacity(block / RECORD_DENSITY as usize + 1),
             phase: Phase::Count,
             filled: 0,
             old_pos: 0,
@@ -459,6 +539,7 @@ impl BodyDecoder {
                     self.block_len = block_len;
                     self.filled = 0;
                     self.spans.clear();
+                    self.copies.clear();
                     self.phase = Phase::Records { left: count };
                 }
                 Phase::Records { left } => {
@@ -469,6 +550,11 @@ impl BodyDecoder {
                                 self.filled, self.block_len
                             )));
                         }
+                        self.cache.gather(
+                            old,
+                            &mut self.copies,
+                            &mut self.block[..self.block_len],
+                        )?;
                         self.phase = Phase::Diff { span: 0, done: 0 };
                         continue;
                     }
@@ -481,7 +567,7 @@ impl BodyDecoder {
                         self.st_start = mark;
                         return Ok(());
                     };
-                    self.record(copy, extra, unzigzag(seek), old)?;
+                    self.record(copy, extra, unzigzag(seek))?;
                     self.phase = Phase::Records { left: left - 1 };
                 }
                 Phase::Diff { span, done } => {
@@ -542,7 +628,7 @@ impl BodyDecoder {
         }
     }
 
-    fn record(&mut self, copy: u64, extra: u64, seek: i64, old: &mut dyn ReadAt) -> Result<()> {
+    fn record(&mut self, copy: u64, extra: u64, seek: i64) -> Result<()> {
         let room = (self.block_len - self.filled) as u64;
         let total = copy.saturating_add(extra);
         if total == 0 || total > room {
@@ -560,8 +646,7 @@ impl BodyDecoder {
         }
         let at = self.filled;
         if copy > 0 {
-            let dst = &mut self.block[at..at + copy as usize];
-            self.cache.read(old, self.old_pos, dst)?;
+            self.copies.push((self.old_pos, at as u32, copy as u32));
         }
         let next = i128::from(end) + i128::from(seek);
         if next < 0 || next > i128::from(self.old_space()) {

@@ -21,7 +21,7 @@ pub const MIN_WINDOW_LOG: u8 = 10;
 pub const MAX_WINDOW_LOG: u8 = 27;
 /// A block of `n` output bytes holds at most `n / RECORD_DENSITY + 1` records,
 /// so the applier's record table is bounded by the block size.
-pub const RECORD_DENSITY: u32 = 16;
+pub const RECORD_DENSITY: u32 = 32;
 /// Sizes above this are refused as absurd (no image is 1 TiB).
 pub const MAX_IMAGE_SIZE: u64 = 1 << 40;
 

@@ -2,7 +2,10 @@
 //! way they time the peers' programs (no Python start-up):
 //!
 //!     otaflash-delta diff OLD NEW PATCH [--level N] [--window-log N] [--block-size N] [--threads N]
-//!     otaflash-delta apply OLD PATCH OUT
+//!     otaflash-delta apply OLD PATCH OUT [--stats]
+//!
+//! `--stats` prints one JSON line on stderr: the in-process apply time (from
+//! opening the files to the verified end) and the applier's working set.
 //!
 //! The product's command line is `otaflash diff|patch|patch-info`.
 
@@ -65,7 +68,8 @@ fn run(args: &[String]) -> Result<()> {
             let patch = diff(&old, &new, &opts)?;
             std::fs::write(&args[3], patch).map_err(|e| Error::io("write", &args[3], e))
         }
-        Some("apply") if args.len() == 4 => {
+        Some("apply") if args.len() >= 4 => {
+            let started = std::time::Instant::now();
             let old = FileSource::open(&args[1])?;
             // Like the peers' programs: written, not fsynced (the product's
             // `otaflash patch` syncs before it reports success).
@@ -86,7 +90,16 @@ fn run(args: &[String]) -> Result<()> {
                 }
                 applier.feed(&buf[..n])?;
             }
-            applier.finish()?;
+            let report = applier.finish()?;
+            if args.iter().any(|a| a == "--stats") {
+                let seconds = started.elapsed().as_secs_f64();
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{{\"apply_seconds\":{seconds:.6},\"new_size\":{},\"working_set\":{}}}",
+                    report.new_size,
+                    applier.working_set().unwrap_or(0)
+                );
+            }
             Ok(())
         }
         _ => Err(usage()),
