@@ -56,7 +56,9 @@ def run_timed(cmd: list[str], timeout: float) -> tuple[float, int, str]:
     with tempfile.NamedTemporaryFile("r") as rss, tempfile.TemporaryFile() as err:
         full = ["/usr/bin/time", "-o", rss.name, "-f", "%M", *cmd]
         t0 = time.perf_counter()
-        proc = subprocess.run(full, stdout=subprocess.DEVNULL, stderr=err, timeout=timeout)
+        proc = subprocess.run(
+            full, stdout=subprocess.DEVNULL, stderr=err, timeout=timeout, check=False
+        )
         wall = time.perf_counter() - t0
         err.seek(0)
         stderr = err.read().decode(errors="replace")
@@ -93,6 +95,7 @@ class Tool:
         apply: Callable[[str, str, str], list[str]],
         ext: str,
         needs: list[str],
+        *,
         ours: bool = False,
     ) -> None:
         self.name, self.create, self.apply, self.ext = name, create, apply, ext
@@ -104,7 +107,7 @@ def tools(ours: str, peer_python: str | None, hdz: str | None, py: str) -> list[
     hpatchz = os.path.join(hdz, "hpatchz") if hdz else "hpatchz"
     detools = [peer_python, "-m", "detools"] if peer_python else ["detools"]
     hdp = [peer_python or sys.executable, "-c", HDIFFPATCH_CLI]
-    rows = [
+    return [
         Tool(
             "otaflash (zstd, 2 MiB window)",
             lambda o, n, p: [ours, "diff", o, n, p],
@@ -137,8 +140,28 @@ def tools(ours: str, peer_python: str | None, hdz: str | None, py: str) -> list[
         ),
         Tool(
             "zstd -19 --long=27 --patch-from",
-            lambda o, n, p: ["zstd", "-q", "-f", "-19", "--long=27", f"--patch-from={o}", n, "-o", p],
-            lambda o, p, out: ["zstd", "-q", "-d", "-f", "--long=27", f"--patch-from={o}", p, "-o", out],
+            lambda o, n, p: [
+                "zstd",
+                "-q",
+                "-f",
+                "-19",
+                "--long=27",
+                f"--patch-from={o}",
+                n,
+                "-o",
+                p,
+            ],
+            lambda o, p, out: [
+                "zstd",
+                "-q",
+                "-d",
+                "-f",
+                "--long=27",
+                f"--patch-from={o}",
+                p,
+                "-o",
+                out,
+            ],
             "zst",
             ["zstd"],
         ),
@@ -151,7 +174,17 @@ def tools(ours: str, peer_python: str | None, hdz: str | None, py: str) -> list[
         ),
         Tool(
             "detools hdiffpatch/hdiffpatch/lzma",
-            lambda o, n, p: [*detools, "create_patch", "-t", "hdiffpatch", "-a", "hdiffpatch", o, n, p],
+            lambda o, n, p: [
+                *detools,
+                "create_patch",
+                "-t",
+                "hdiffpatch",
+                "-a",
+                "hdiffpatch",
+                o,
+                n,
+                p,
+            ],
             lambda o, p, out: [*detools, "apply_patch", o, p, out],
             "detools-hdp",
             [detools[0]],
@@ -178,7 +211,6 @@ def tools(ours: str, peer_python: str | None, hdz: str | None, py: str) -> list[
             [hdiffz, hpatchz],
         ),
     ]
-    return rows
 
 
 def available(tool: Tool, peer_python: str | None) -> bool:
@@ -187,7 +219,7 @@ def available(tool: Tool, peer_python: str | None) -> bool:
     return all(shutil.which(n) or os.access(n, os.X_OK) for n in tool.needs)
 
 
-def bench_pair(
+def bench_pair(  # noqa: PLR0917
     name: str,
     old: str,
     new: str,
@@ -205,6 +237,7 @@ def bench_pair(
     patch = ""
     for tool in rows:
         if only and not any(s in tool.name for s in only):
+            patch = ""
             continue
         if not available(tool, peer_python):
             out_rows[tool.name] = {"tool": tool.name, "error": "not installed"}
@@ -232,7 +265,12 @@ def bench_pair(
             "apply": apply,
             "identical": identical,
         }
-        stats = [json.loads(line) for s in apply["stderr"] for line in s.splitlines() if line.startswith("{")]
+        stats = [
+            json.loads(line)
+            for s in apply["stderr"]
+            for line in s.splitlines()
+            if line.startswith("{")
+        ]
         if stats:
             row["in_process_s"] = statistics.median(s["apply_seconds"] for s in stats)
             row["working_set"] = stats[0]["working_set"]
@@ -270,10 +308,11 @@ def markdown(results: dict[str, Any]) -> str:
                 continue
             c, a = x["create"], x["apply"]
             tput = f"{new / x['in_process_s'] / 1e6:.0f}" if x.get("in_process_s") else ""
+            create_s = fmt_s(c["wall"]) if c else "(same patch)"
+            create_mib = f"{c['rss_mib']:.1f}" if c else ""
             lines.append(
                 f"| {x['tool']} | {x['patch_bytes']:,} | {100 * x['patch_bytes'] / new:.2f}% | "
-                f"{fmt_s(c['wall']) if c else '(same patch)'} | "
-                f"{f'{c['rss_mib']:.1f}' if c else ''} | {fmt_s(a['wall'])} | "
+                f"{create_s} | {create_mib} | {fmt_s(a['wall'])} | "
                 f"{a['rss_mib']:.1f} | {tput} | {'yes' if x['identical'] else '**NO**'} |"
             )
         lines.append("")
@@ -308,12 +347,13 @@ def goals(results: dict[str, Any]) -> str:
 
         hp = next((x for x in rows if x["tool"].startswith("hdiffz -m-6 -SD -c-zstd")), None)
         bs = next((x for x in rows if x["tool"].startswith("bsdiff")), None)
+        hp_mib = hp["apply"]["rss_mib"] if hp else float("nan")
+        diff_ratio = ours["create"]["wall"] / bs["create"]["wall"] if bs else float("nan")
         lines.append(
             f"| {pair} | {size_ratio:.3f} ({best['tool']}, {best['patch_bytes']:,} B) | "
             f"{ratio('hdiffz -m-6 -SD -c-zstd')} | {ratio('zstd -19')} | "
-            f"{ours['apply']['rss_mib']:.1f}, {hp['apply']['rss_mib'] if hp else float('nan'):.1f} | "
-            f"{ours.get('working_set', 0) // 1024} | "
-            f"{ours['create']['wall'] / bs['create']['wall'] if bs else float('nan'):.2f} |"
+            f"{ours['apply']['rss_mib']:.1f}, {hp_mib:.1f} | "
+            f"{ours.get('working_set', 0) // 1024} | {diff_ratio:.2f} |"
         )
     if ratios:
         geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
@@ -338,15 +378,21 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    pairs = a.pairs.split(",") if a.pairs else sorted(
-        d for d in os.listdir(a.corpus) if os.path.isfile(os.path.join(a.corpus, d, "new"))
+    pairs = (
+        a.pairs.split(",")
+        if a.pairs
+        else sorted(
+            d for d in os.listdir(a.corpus) if os.path.isfile(os.path.join(a.corpus, d, "new"))
+        )
     )
     rows = tools(a.ours, a.peer_python, a.hdiffz_dir, a.python)
     only = [s for s in a.tools.split(",") if s]
     results: dict[str, Any] = {}
     for pair in pairs:
         old, new = (os.path.join(a.corpus, pair, side) for side in ("old", "new"))
-        results[pair] = bench_pair(pair, old, new, work, rows, a.runs, a.timeout, a.peer_python, only)
+        results[pair] = bench_pair(
+            pair, old, new, work, rows, a.runs, a.timeout, a.peer_python, only
+        )
         if a.json:
             Path(a.json).write_text(json.dumps(results, indent=1))
     text = markdown(results)

@@ -50,7 +50,7 @@ def test_harness_runs_ours_and_peers_side_by_side(tmp_path: Path, ours: str) -> 
             "--ours",
             ours,
             "--tools",
-            "otaflash,bsdiff,xdelta3,zstd -19",
+            "otaflash,bsdiff 4.3,xdelta3,zstd -19",
             "--runs",
             "1",
             "--json",
