@@ -274,3 +274,17 @@ def test_bad_bsdiff_patches_are_errors(tmp_path: Path) -> None:
     for length in range(0, len(patch), 7):
         with pytest.raises(PatchError):
             apply(patch[:length])
+
+
+def test_diff_reports_progress_and_stops_on_ctrl_c() -> None:
+    old, new = firmware_pair(3_000_000, 9)
+    events: list[tuple[str, int, int | None]] = []
+    delta.diff_bytes(old, new, progress=lambda *e: events.append(e))
+    assert events
+    assert events[-1][1] == events[-1][2]
+
+    def interrupt(operation: str, done: int, total: int | None) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        delta.diff_bytes(old, new, progress=interrupt)

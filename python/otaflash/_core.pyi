@@ -49,6 +49,7 @@ def diff(
     slot_size: int | None = None,
     threads: int = 0,
     compression: str = "zstd",
+    progress: Callable[[str, int, int | None], object] | None = None,
 ) -> bytes: ...
 def apply_file(
     old: str | PathLike[str],

@@ -153,6 +153,7 @@ def diff_bytes(
     slot_size: int | None = None,
     threads: int = 0,
     compression: str = "zstd",
+    progress: ProgressCallback | None = None,
 ) -> bytes:
     """A patch turning ``old`` into ``new``.
 
@@ -160,6 +161,7 @@ def diff_bytes(
     ``in-place`` (it overwrites the old one in a single slot of ``slot_size``
     bytes with ``block_size`` erase blocks). ``window_log`` and ``block_size``
     set the applier's working memory (about ``2**window_log + block_size``).
+    ``progress("patch", done, total)`` is called while it works; Ctrl-C stops it.
     """
     return _core.diff(
         old,
@@ -172,6 +174,7 @@ def diff_bytes(
         slot_size=slot_size,
         threads=threads,
         compression=compression,
+        progress=progress,
     )
 
 

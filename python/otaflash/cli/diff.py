@@ -40,18 +40,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, out: Output) -> int:
     from otaflash import delta
+    from otaflash.progress import ProgressBars
 
-    info = delta.diff(
-        args.old,
-        args.new,
-        args.output,
-        kind="in-place" if args.in_place else "sequential",
-        level=args.level,
-        window_log=args.window_log,
-        block_size=args.block_size,
-        slot_size=args.slot_size,
-        threads=args.threads,
-    )
+    with ProgressBars(label=os.path.basename(args.output)) as bars:
+        info = delta.diff(
+            args.old,
+            args.new,
+            args.output,
+            kind="in-place" if args.in_place else "sequential",
+            level=args.level,
+            window_log=args.window_log,
+            block_size=args.block_size,
+            slot_size=args.slot_size,
+            threads=args.threads,
+            progress=bars if out.wants_progress() else None,
+        )
     size = os.path.getsize(args.output)
     share = 100.0 * size / info.new_size if info.new_size else 0.0
     out.result(

@@ -15,7 +15,8 @@
 mod matcher;
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use otaflash_core::patch::format::{
     self, Compression, FrameHeader, HEADER_LEN, Header, Kind, RECORD_DENSITY,
@@ -106,6 +107,56 @@ impl DiffOptions {
     }
 }
 
+/// Progress of work on worker threads: they add to `done` and poll `stop`;
+/// the calling thread reports every 100 ms, and a report that fails (Ctrl-C,
+/// a cancel) raises `stop`.
+pub(crate) struct Monitor {
+    pub(crate) done: AtomicU64,
+    pub(crate) stop: AtomicBool,
+    total: u64,
+}
+
+impl Monitor {
+    pub(crate) fn new(total: u64) -> Self {
+        Self {
+            done: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            total,
+        }
+    }
+
+    /// Reports until `finished` reaches `workers`.
+    pub(crate) fn watch(
+        &self,
+        finished: &AtomicUsize,
+        workers: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<()> {
+        let mut result = Ok(());
+        let mut nap = Duration::from_micros(100);
+        while finished.load(Ordering::Acquire) < workers {
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(20));
+            if result.is_ok() {
+                let done = self
+                    .done
+                    .load(Ordering::Relaxed)
+                    .min(self.total.saturating_sub(1));
+                let event = ProgressEvent {
+                    operation: Operation::Patch,
+                    done,
+                    total: Some(self.total),
+                };
+                if let Err(e) = progress.report(event) {
+                    self.stop.store(true, Ordering::Relaxed);
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+}
+
 /// The in-place geometry: (shift, slot size).
 fn in_place_geometry(old: usize, new: usize, opts: &DiffOptions) -> Result<(u64, u64)> {
     let bs = u64::from(opts.block_size);
@@ -152,20 +203,24 @@ pub fn diff_with(
     };
     let sa = matcher::suffix_array(old, threads)?;
     // Small images (MCU firmware) are cheap to diff: try several match
-    // thresholds and keep the smallest patch. Large ones use bsdiff's.
+    // thresholds and keep the smallest patch. Large ones use one that
+    // suits executables (on the corpus, 16 beats bsdiff's 8 by 1-9 %).
     let thresholds: &[usize] = if new.len() < SMALL_IMAGE {
         &[4, 8, 12]
     } else {
-        &[8]
+        &[LARGE_THRESHOLD]
     };
     let mut best: Option<(Vec<Frame>, Vec<Vec<u8>>)> = None;
+    // Progress counts new bytes matched, then new bytes compressed, per pass.
+    let monitor = Monitor::new(2 * new.len() as u64 * thresholds.len() as u64 + 1);
     for &threshold in thresholds {
-        let mut records = matcher::find_records(&sa, old, new, threads, threshold, progress)?;
+        let mut records =
+            matcher::find_records(&sa, old, new, threads, threshold, &monitor, progress)?;
         if opts.kind == Kind::InPlace {
             records = matcher::restrict_in_place(&records, opts.block_size, shift);
         }
         let frames = build_frames(old, new, &records, opts)?;
-        let compressed = compress_frames(&frames, opts, threads, new.len() as u64, progress)?;
+        let compressed = compress_frames(&frames, opts, threads, &monitor, progress)?;
         let size: usize = compressed.iter().map(Vec::len).sum();
         if best
             .as_ref()
@@ -175,6 +230,11 @@ pub fn diff_with(
         }
     }
     let (frames, compressed) = best.unwrap_or_default();
+    progress.report(ProgressEvent {
+        operation: Operation::Patch,
+        done: monitor.total,
+        total: Some(monitor.total),
+    })?;
 
     let mut body = Vec::new();
     for (frame, payload) in frames.iter().zip(&compressed) {
@@ -208,6 +268,9 @@ pub fn diff_with(
     patch.extend_from_slice(&body);
     Ok(patch)
 }
+
+/// The match threshold for large images (see `matcher::scan_range`).
+const LARGE_THRESHOLD: usize = 16;
 
 /// Below this many new bytes, several match thresholds are tried.
 const SMALL_IMAGE: usize = 2 << 20;
@@ -348,7 +411,7 @@ fn compress_frames(
     frames: &[Frame],
     opts: &DiffOptions,
     threads: usize,
-    total: u64,
+    monitor: &Monitor,
     progress: &mut dyn Progress,
 ) -> Result<Vec<Vec<u8>>> {
     if opts.compression == Compression::None {
@@ -357,29 +420,28 @@ fn compress_frames(
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<Vec<u8>>>>> =
         Mutex::new((0..frames.len()).map(|_| None).collect());
-    let done_bytes = AtomicUsize::new(0);
     let workers = threads.min(frames.len()).max(1);
+    let finished = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
-                loop {
+                while !monitor.stop.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(frame) = frames.get(i) else { break };
                     let r = compress_one(&frame.raw, opts);
-                    done_bytes.fetch_add(frame.out_len as usize, Ordering::Relaxed);
+                    monitor
+                        .done
+                        .fetch_add(u64::from(frame.out_len), Ordering::Relaxed);
                     if let Ok(mut all) = results.lock()
                         && let Some(slot) = all.get_mut(i)
                     {
                         *slot = Some(r);
                     }
                 }
+                finished.fetch_add(1, Ordering::Release);
             });
         }
-    });
-    progress.report(ProgressEvent {
-        operation: Operation::Patch,
-        done: total,
-        total: Some(total),
+        monitor.watch(&finished, workers, progress)
     })?;
     let all = results
         .into_inner()

@@ -2,8 +2,12 @@
 //! image in parallel.
 
 use libsais::SuffixArrayConstruction;
-use otaflash_core::progress::{Operation, Progress, ProgressEvent};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use otaflash_core::progress::Progress;
 use otaflash_core::{Error, Result};
+
+use crate::Monitor;
 
 /// Copy `copy` bytes from `old` (adding the stored differences), then
 /// `extra` literal bytes; records follow each other in new-image order.
@@ -80,6 +84,7 @@ fn scan_range(
     start: usize,
     end: usize,
     threshold: usize,
+    monitor: &Monitor,
 ) -> Vec<Record> {
     let new = &new_all[..end];
     let oldsize = old.len();
@@ -97,7 +102,17 @@ fn scan_range(
     }
     let (mut scan, mut len, mut pos) = (start, 0usize, 0usize);
     let (mut lastscan, mut lastpos, mut lastoffset) = (start, 0usize, 0isize);
+    let mut reported = start;
     while scan < newsize {
+        if scan - reported >= 1 << 16 {
+            monitor
+                .done
+                .fetch_add((scan - reported) as u64, Ordering::Relaxed);
+            reported = scan;
+            if monitor.stop.load(Ordering::Relaxed) {
+                return out;
+            }
+        }
         let mut oldscore = 0usize;
         scan += len;
         let mut scsc = scan;
@@ -180,6 +195,9 @@ fn scan_range(
             lastoffset = pos as isize - scan as isize;
         }
     }
+    monitor
+        .done
+        .fetch_add((newsize - reported) as u64, Ordering::Relaxed);
     out
 }
 
@@ -190,30 +208,35 @@ pub(crate) fn find_records(
     new: &[u8],
     threads: usize,
     threshold: usize,
+    monitor: &Monitor,
     progress: &mut dyn Progress,
 ) -> Result<Vec<Record>> {
-    progress.report(ProgressEvent {
-        operation: Operation::Patch,
-        done: 0,
-        total: Some(new.len() as u64),
-    })?;
     // Slices of at least 1 MiB, one per thread: each runs bsdiff's scan on
     // its own; the seams cost a record or two.
     let parts = threads.clamp(1, (new.len() >> 20).max(1));
     let bounds: Vec<usize> = (0..=parts).map(|i| new.len() * i / parts).collect();
     let mut pieces: Vec<Vec<Record>> = vec![Vec::new(); parts];
-    std::thread::scope(|scope| {
+    let finished = AtomicUsize::new(0);
+    let watched = std::thread::scope(|scope| {
         let handles: Vec<_> = bounds
             .windows(2)
             .map(|w| {
                 let (a, b) = (w[0], w[1]);
-                scope.spawn(move || scan_range(sa, old, new, a, b, threshold))
+                let finished = &finished;
+                scope.spawn(move || {
+                    let r = scan_range(sa, old, new, a, b, threshold, monitor);
+                    finished.fetch_add(1, Ordering::Release);
+                    r
+                })
             })
             .collect();
+        let watched = monitor.watch(&finished, parts, progress);
         for (slot, h) in pieces.iter_mut().zip(handles) {
             *slot = h.join().unwrap_or_default();
         }
+        watched
     });
+    watched?;
     let records: Vec<Record> = pieces.into_iter().flatten().collect();
     let covered: u64 = records.iter().map(|r| r.copy + r.extra).sum();
     if covered != new.len() as u64 {
@@ -306,6 +329,7 @@ mod tests {
             &new,
             2,
             8,
+            &Monitor::new(1),
             &mut otaflash_core::progress::NoProgress,
         )
         .unwrap();

@@ -107,7 +107,7 @@ fn options(max_working_set: usize, read_cache: usize) -> ApplyOptions {
 #[pyfunction]
 #[pyo3(signature = (old, new, *, kind = "sequential", level = 19, window_log = 21,
     block_size = None, frame_size = None, slot_size = None, threads = 0,
-    compression = "zstd"))]
+    compression = "zstd", progress = None))]
 #[allow(clippy::too_many_arguments)]
 pub fn diff<'py>(
     py: Python<'py>,
@@ -121,6 +121,7 @@ pub fn diff<'py>(
     slot_size: Option<u64>,
     threads: usize,
     compression: &str,
+    progress: Option<Py<PyAny>>,
 ) -> OtaResult<Bound<'py, PyBytes>> {
     let mut opts = match kind {
         "sequential" => DiffOptions::default(),
@@ -154,7 +155,8 @@ pub fn diff<'py>(
     let old = ByteView::new(old)?;
     let new = ByteView::new(new)?;
     let (old, new) = (old.as_bytes(), new.as_bytes());
-    let patch = py.detach(|| otaflash_diff::diff(old, new, &opts))?;
+    let mut progress = PyProgress::new(progress);
+    let patch = py.detach(|| otaflash_diff::diff_with(old, new, &opts, &mut progress))?;
     Ok(PyBytes::new(py, &patch))
 }
 
