@@ -212,7 +212,14 @@ pub fn diff_with(
     };
     let mut best: Option<(Vec<Frame>, Vec<Vec<u8>>)> = None;
     // Progress counts new bytes matched, then new bytes compressed, per pass.
-    let monitor = Monitor::new(2 * new.len() as u64 * thresholds.len() as u64 + 1);
+    let monitor = Monitor::new(new.len() as u64 * (2 * thresholds.len() as u64 + 1) + 1);
+    // With several candidates, rank them by a fast compression and compress
+    // only the winner at the requested level.
+    let ranking = DiffOptions {
+        level: opts.level.min(RANKING_LEVEL),
+        ..opts.clone()
+    };
+    let rank_opts = if thresholds.len() > 1 { &ranking } else { opts };
     for &threshold in thresholds {
         let mut records =
             matcher::find_records(&sa, old, new, threads, threshold, &monitor, progress)?;
@@ -220,7 +227,7 @@ pub fn diff_with(
             records = matcher::restrict_in_place(&records, opts.block_size, shift);
         }
         let frames = build_frames(old, new, &records, opts)?;
-        let compressed = compress_frames(&frames, opts, threads, &monitor, progress)?;
+        let compressed = compress_frames(&frames, rank_opts, threads, &monitor, progress)?;
         let size: usize = compressed.iter().map(Vec::len).sum();
         if best
             .as_ref()
@@ -228,6 +235,11 @@ pub fn diff_with(
         {
             best = Some((frames, compressed));
         }
+    }
+    if thresholds.len() > 1
+        && let Some((frames, compressed)) = best.as_mut()
+    {
+        *compressed = compress_frames(frames, opts, threads, &monitor, progress)?;
     }
     let (frames, compressed) = best.unwrap_or_default();
     progress.report(ProgressEvent {
@@ -271,6 +283,9 @@ pub fn diff_with(
 
 /// The match threshold for large images (see `matcher::scan_range`).
 const LARGE_THRESHOLD: usize = 16;
+
+/// The zstd level candidates are ranked with.
+const RANKING_LEVEL: i32 = 9;
 
 /// Below this many new bytes, several match thresholds are tried.
 const SMALL_IMAGE: usize = 2 << 20;
