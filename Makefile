@@ -79,9 +79,9 @@ bench-delta:  ## delta engine vs bsdiff, xdelta3, zstd, detools, HDiffPatch on t
 	[ -n "$$(ls /var/lib/apt/lists/*bookworm-security* 2>/dev/null)" ] || apt-get update -qq
 	bash $(SHARED)/corpus/fetch.sh $(DELTA_CORPUS)
 	bash $(SHARED)/bench/build_hdiffz.sh $(DELTA_PEERS)
-	cargo build --profile bench -p otaflash-diff --bin otaflash-delta
+	cargo build --profile bench -p otaflash-delta-cli
 	[ -x $(BENCH_PY) ] || $(PYTHON) -m venv $(BENCH_VENV)
-	PYO3_PYTHON=$(BENCH_PY) MATURIN_PEP517_ARGS="--profile bench" \
+	PYO3_PYTHON=$(BENCH_PY) MATURIN_PEP517_ARGS="--profile bench-wheel" \
 		$(BENCH_PY) -m pip install --quiet --force-reinstall --no-deps .
 	$(BENCH_PY) -m pip install --quiet tqdm detools hdiffpatch
 	$(BENCH_PY) benches/delta_bench.py $(DELTA_CORPUS) target/bench-delta --ours target/release/otaflash-delta \

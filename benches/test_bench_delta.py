@@ -21,13 +21,12 @@ import delta_bench  # noqa: E402
 
 @pytest.fixture(scope="module")
 def ours() -> str:
-    for profile in ("release", "debug"):
+    # The debug build is the one `make test` just made; a release one may be stale.
+    for profile in ("debug", "release"):
         binary = ROOT / "target" / profile / "otaflash-delta"
         if binary.exists():
             return str(binary)
-    subprocess.run(
-        ["cargo", "build", "-p", "otaflash-diff", "--bin", "otaflash-delta"], cwd=ROOT, check=True
-    )
+    subprocess.run(["cargo", "build", "-p", "otaflash-delta-cli"], cwd=ROOT, check=True)
     return str(ROOT / "target" / "debug" / "otaflash-delta")
 
 

@@ -90,7 +90,7 @@ impl ReadCache {
         copies: &mut [(u64, u32, u32)],
         block: &mut [u8],
     ) -> Result<()> {
-        const GAP: u64 = 32 * 1024;
+        const GAP: u64 = 2 * PAGE as u64;
         self.tags.fill(EMPTY);
         copies.sort_unstable_by_key(|c| c.0);
         let cap = self.pages.len() as u64;
