@@ -18,7 +18,7 @@ BENCH_PY := $(CURDIR)/$(BENCH_VENV)/bin/python
 # switching between them does not rebuild pyo3 (PyO3/pyo3#1708).
 export PYO3_PYTHON := $(VPY)
 
-.PHONY: help demo test setup system-deps build-dev lint-rust test-rust lint-python test-python bench clean
+.PHONY: help demo test setup system-deps build-dev lint-rust test-rust lint-python test-python bench bench-delta clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -72,6 +72,25 @@ bench:  ## benchmarks: release build in its own venv, peers side by side
 		PATH="$(CURDIR)/$(BENCH_VENV)/bin:$$PATH" \
 		bash ../shared/corpus/fetch.sh target/corpus
 	cargo bench -p otaflash-core --bench flash
+
+# The shared corpus/peer scripts sit beside the repository (../shared).
+SHARED ?= $(firstword $(wildcard ../shared /work/shared))
+DELTA_CORPUS := target/corpus
+DELTA_PEERS := target/hdiffz
+
+bench-delta:  ## delta engine vs bsdiff, xdelta3, zstd, detools, HDiffPatch on the corpus (slow, ~30 min)
+	bash scripts/system-deps.sh
+	[ -n "$$(ls /var/lib/apt/lists/*bookworm-security* 2>/dev/null)" ] || apt-get update -qq
+	bash $(SHARED)/corpus/fetch.sh $(DELTA_CORPUS)
+	bash $(SHARED)/bench/build_hdiffz.sh $(DELTA_PEERS)
+	cargo build --profile bench -p otaflash-delta-cli
+	[ -x $(BENCH_PY) ] || $(PYTHON) -m venv $(BENCH_VENV)
+	PYO3_PYTHON=$(BENCH_PY) MATURIN_PEP517_ARGS="--profile bench-wheel" \
+		$(BENCH_PY) -m pip install --quiet --force-reinstall --no-deps .
+	$(BENCH_PY) -m pip install --quiet tqdm detools hdiffpatch
+	$(BENCH_PY) benches/delta_bench.py $(DELTA_CORPUS) target/bench-delta --ours target/release/otaflash-delta \
+		--python $(BENCH_PY) --peer-python $(BENCH_PY) --hdiffz-dir $(DELTA_PEERS) \
+		--json target/bench-delta.json --markdown target/bench-delta.md
 
 clean:  ## remove build outputs and venvs
 	rm -rf target $(VENV) $(BENCH_VENV) demo python/otaflash/_core*.so

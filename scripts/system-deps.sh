@@ -22,6 +22,10 @@ requirements=(
     "wrk wrk"
     "- nginx-light"
     "- postgresql"
+    "bsdiff bsdiff"
+    "bspatch bsdiff"
+    "xdelta3 xdelta3"
+    "zstd zstd"
 )
 
 missing=()

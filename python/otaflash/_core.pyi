@@ -1,10 +1,21 @@
 # Stubs for the Rust extension; checked against the built module by mypy.stubtest.
 from collections.abc import Callable
+from os import PathLike
 from typing import Any, final
 
 from typing_extensions import Buffer
 
-__all__ = ["FlashTarget", "Hasher", "__version__", "hash_file"]
+__all__ = [
+    "Applier",
+    "FlashTarget",
+    "Hasher",
+    "__version__",
+    "apply_file",
+    "checkpoint_offsets",
+    "diff",
+    "hash_file",
+    "patch_info",
+]
 
 __version__: str
 
@@ -56,3 +67,52 @@ class FlashTarget:
     ) -> dict[str, Any]: ...
     def confirm(self) -> int | None: ...
     def cancel(self) -> None: ...
+
+def diff(
+    old: Buffer,
+    new: Buffer,
+    *,
+    kind: str = "sequential",
+    level: int = 19,
+    window_log: int = 21,
+    block_size: int | None = None,
+    frame_size: int | None = None,
+    slot_size: int | None = None,
+    threads: int = 0,
+    compression: str = "zstd",
+    progress: Callable[[str, int, int | None], object] | None = None,
+) -> bytes: ...
+def apply_file(
+    old: str | PathLike[str],
+    patch: str | PathLike[str],
+    new: str | PathLike[str],
+    *,
+    max_working_set: int = ...,
+    read_cache: int = ...,
+    progress: Callable[[str, int, int | None], object] | None = None,
+) -> tuple[str, int, str, int]: ...
+def patch_info(head: Buffer) -> dict[str, Any]: ...
+def checkpoint_offsets(checkpoint: Buffer) -> tuple[int, int]: ...
+
+@final
+class Applier:
+    def __new__(
+        cls,
+        old: object,
+        sink: object,
+        *,
+        old_size: int | None = None,
+        checkpoint: Buffer | None = None,
+        max_working_set: int = ...,
+        read_cache: int = ...,
+        progress: Callable[[str, int, int | None], object] | None = None,
+    ) -> Applier: ...
+    def feed(self, chunk: Buffer) -> None: ...
+    def finish(self) -> tuple[str, int, str, int]: ...
+    def checkpoint(self) -> bytes | None: ...
+    @property
+    def patch_offset(self) -> int: ...
+    @property
+    def output_offset(self) -> int: ...
+    @property
+    def working_set(self) -> int | None: ...

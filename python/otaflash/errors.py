@@ -45,10 +45,12 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "Cancelled",
+    "CorruptPatchError",
     "DownloadError",
     "FileAccessError",
     "FileError",
     "FlashError",
+    "ForeignPatchError",
     "GeometryError",
     "InputError",
     "MissingFileError",
@@ -60,7 +62,9 @@ __all__ = [
     "TargetError",
     "TransportError",
     "UnknownAlgorithmError",
+    "UnsupportedPatchError",
     "VerifyError",
+    "WrongOldImageError",
 ]
 
 EXIT_OK = 0
@@ -207,6 +211,43 @@ class PatchError(OtaflashError):
     """A patch is corrupt, of an unknown kind, or made for another old image."""
 
     exit_code = 7
+
+
+class CorruptPatchError(PatchError):
+    """The patch's bytes are damaged: truncated, bit-flipped or inconsistent."""
+
+    hint = "download or copy the patch again; if it keeps failing, make it again"
+
+
+class ForeignPatchError(PatchError):
+    """The file is not an otaflash or BSDIFF40 patch."""
+
+    hint = "give a patch made by `otaflash diff` (or a BSDIFF40 patch from bsdiff)"
+
+
+class UnsupportedPatchError(PatchError):
+    """A well-formed patch that this otaflash or this device cannot apply."""
+
+    hint = "update otaflash, or make the patch with options this device supports"
+
+
+class WrongOldImageError(PatchError):
+    """The old image is not the one the patch was made from; nothing was written."""
+
+    hint = (
+        "the device runs another firmware than the patch expects: "
+        "use the full image, or a patch made from the firmware it runs"
+    )
+
+    def __init__(
+        self, message: str, expected: str | None = None, actual: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class DownloadError(OtaflashError):

@@ -24,6 +24,9 @@ __all__ = ["main"]
 #: Verb modules, in the order `otaflash --help` lists them.
 VERBS: tuple[str, ...] = (
     "hash",
+    "diff",
+    "patch",
+    "patch_info",
     "flash",
     "verify",
     "info",

@@ -34,6 +34,28 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// A patch whose bytes are damaged: truncated, bit-flipped, inconsistent.
+    #[error("the patch is corrupt: {0}")]
+    PatchCorrupt(String),
+
+    /// Not a patch format otaflash reads (what it looks like instead).
+    #[error("not a patch otaflash can apply: {0}")]
+    PatchForeign(String),
+
+    /// A well-formed patch this build or this target cannot apply.
+    #[error("cannot apply this patch: {0}")]
+    PatchUnsupported(String),
+
+    /// The old image is not the one the patch was made from.
+    #[error("{}", wrong_old_message(*expected_size, expected_sha256, *actual_size, actual_sha256.as_deref()))]
+    PatchWrongOld {
+        expected_size: u64,
+        expected_sha256: String,
+        actual_size: u64,
+        /// None when the size alone already rules it out.
+        actual_sha256: Option<String>,
+    },
+
     #[error("cancelled")]
     Cancelled,
 
@@ -99,6 +121,23 @@ fn describe_errno(error: &io::Error) -> String {
     match error.raw_os_error() {
         Some(code) => format!("{text} ({:?})", nix::errno::Errno::from_raw(code)),
         None => text,
+    }
+}
+
+fn wrong_old_message(
+    expected_size: u64,
+    expected: &str,
+    actual_size: u64,
+    actual: Option<&str>,
+) -> String {
+    match actual {
+        Some(actual) => {
+            format!("this patch needs old image sha256 {expected}, the device has {actual}")
+        }
+        None => format!(
+            "this patch needs an old image of {expected_size} bytes (sha256 {expected}), \
+             the device has {actual_size} bytes"
+        ),
     }
 }
 

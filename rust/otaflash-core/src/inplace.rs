@@ -20,8 +20,9 @@ pub trait InPlaceTarget: ReadAt {
     /// program, read back and verify. Must be safe to repeat after a cut.
     fn replace_block(&mut self, offset: u64, data: &[u8]) -> Result<()>;
 
-    /// How many steps of the update identified by `update_id` (the patch's
-    /// SHA-256) are durably complete; 0 if it has not started.
+    /// How many steps of the update identified by `update_id` (the patch id:
+    /// SHA-256 of the patch header, which commits to the old, new and body
+    /// digests) are durably complete; 0 if it has not started.
     fn completed_steps(&mut self, update_id: &[u8; 32]) -> Result<u64>;
 
     /// Durably records that steps `0..count` of `update_id` are complete.

@@ -26,6 +26,26 @@ pub trait ImageSink {
     fn finish(&mut self) -> Result<()>;
 }
 
+impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        (**self).read_exact_at(offset, buf)
+    }
+}
+
+impl<T: ImageSink + ?Sized> ImageSink for Box<T> {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        (**self).write(data)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        (**self).finish()
+    }
+}
+
 fn past_end(offset: u64, len: usize, size: u64) -> Error {
     Error::InvalidArgument(format!(
         "read of {len} bytes at offset {offset} goes past the end of a {size}-byte image"

@@ -18,6 +18,7 @@ pub mod flash;
 pub mod hash;
 pub mod inplace;
 pub mod io;
+pub mod patch;
 pub mod progress;
 
 pub use error::{Error, Result};

@@ -19,6 +19,10 @@ pyo3::import_exception!(otaflash.errors, FlashError);
 pyo3::import_exception!(otaflash.errors, GeometryError);
 pyo3::import_exception!(otaflash.errors, TargetError);
 pyo3::import_exception!(otaflash.errors, SlotError);
+pyo3::import_exception!(otaflash.errors, CorruptPatchError);
+pyo3::import_exception!(otaflash.errors, ForeignPatchError);
+pyo3::import_exception!(otaflash.errors, UnsupportedPatchError);
+pyo3::import_exception!(otaflash.errors, WrongOldImageError);
 
 /// A core error on its way to Python; also wraps a `PyErr` raised inside a
 /// callback so it comes back out unchanged.
@@ -74,6 +78,14 @@ impl From<OtaError> for PyErr {
             Error::Geometry(_) => GeometryError::new_err(message),
             Error::Target { target, .. } => TargetError::new_err((message, target)),
             Error::Slot(_) => SlotError::new_err(message),
+            Error::PatchCorrupt(_) => CorruptPatchError::new_err(message),
+            Error::PatchForeign(_) => ForeignPatchError::new_err(message),
+            Error::PatchUnsupported(_) => UnsupportedPatchError::new_err(message),
+            Error::PatchWrongOld {
+                expected_sha256,
+                actual_sha256,
+                ..
+            } => WrongOldImageError::new_err((message, expected_sha256, actual_sha256)),
             Error::Callback(inner) => match inner.downcast::<PyErr>() {
                 Ok(py_err) => *py_err,
                 Err(other) => PyRuntimeError::new_err(other.to_string()),

@@ -3,6 +3,7 @@
 //! else. Users import from `otaflash.*`, never from here.
 
 mod buffer;
+mod delta;
 mod errors;
 mod flash;
 mod hash;
@@ -18,6 +19,7 @@ mod _core {
     use super::hash::{Hasher, hash_file};
 
     #[pymodule_export]
+    use super::delta::{Applier, apply_file, checkpoint_offsets, diff, patch_info};
     use super::flash::FlashTarget;
 
     #[pymodule_init]

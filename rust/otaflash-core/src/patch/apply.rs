@@ -1,0 +1,586 @@
+//! The streaming applier: patch bytes pushed in chunks of any size, the old
+//! image read at offsets, the new image written sequentially in blocks.
+
+use sha2::digest::common::hazmat::{SerializableState, SerializedState};
+use sha2::{Digest as _, Sha256};
+
+use super::body::{self, BodyDecoder, Position};
+use super::bsdiff::BsdiffApply;
+use super::format::{
+    BSDIFF_MAGIC, HEADER_LEN, Header, Kind, MAGIC, describe_magic, le_u32, le_u64,
+};
+use crate::io::{ImageSink, ReadAt};
+use crate::progress::{NoProgress, Operation, Progress, ProgressEvent};
+use crate::{Error, Result};
+
+/// Old-image reads are verified and cached in pieces of this size by default.
+pub const DEFAULT_READ_CACHE: usize = 256 << 10;
+/// The default ceiling on the applier's working memory.
+pub const DEFAULT_MAX_WORKING_SET: usize = 4 << 20;
+const CHECKPOINT_MAGIC: &[u8; 4] = b"OTCK";
+const CHECKPOINT_VERSION: u16 = 1;
+
+#[derive(Clone, Debug)]
+pub struct ApplyOptions {
+    /// A patch whose decoding needs more working memory than this is refused
+    /// before anything is written.
+    pub max_working_set: usize,
+    /// Bytes of the old image read at once (part of the working set).
+    pub read_cache: usize,
+    /// BSDIFF40 only: its control and diff streams must be held compressed
+    /// until its extra stream arrives; a patch needing more is refused.
+    pub bsdiff_buffer_limit: usize,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        Self {
+            max_working_set: DEFAULT_MAX_WORKING_SET,
+            read_cache: DEFAULT_READ_CACHE,
+            bsdiff_buffer_limit: 256 << 20,
+        }
+    }
+}
+
+/// What a finished apply made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub format: &'static str,
+    pub new_size: u64,
+    pub new_sha256: [u8; 32],
+    pub patch_size: u64,
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hashes the old image and refuses it unless it is the one `header` names.
+pub(crate) fn verify_old(
+    old: &mut dyn ReadAt,
+    header: &Header,
+    progress: &mut dyn Progress,
+) -> Result<()> {
+    let mut hasher = Sha256::new();
+    if old.size() < header.old_size {
+        return Err(wrong_old(header, old.size(), None));
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < header.old_size {
+        let n = (header.old_size - done).min(buf.len() as u64) as usize;
+        old.read_exact_at(done, &mut buf[..n])?;
+        hasher.update(&buf[..n]);
+        done += n as u64;
+        progress.report(ProgressEvent {
+            operation: Operation::Verify,
+            done,
+            total: Some(header.old_size),
+        })?;
+    }
+    let got: [u8; 32] = hasher.finalize().into();
+    if got != header.old_sha256 {
+        let size = old.size();
+        return Err(wrong_old(header, size, Some(got)));
+    }
+    Ok(())
+}
+
+fn wrong_old(header: &Header, size: u64, got: Option<[u8; 32]>) -> Error {
+    Error::PatchWrongOld {
+        expected_size: header.old_size,
+        expected_sha256: hex(&header.old_sha256),
+        actual_size: size,
+        actual_sha256: got.map(|g| hex(&g)),
+    }
+}
+
+fn sha_state(h: &Sha256) -> Vec<u8> {
+    h.serialize().to_vec()
+}
+
+fn sha_restore(bytes: &[u8]) -> Result<Sha256> {
+    let state = SerializedState::<Sha256>::try_from(bytes)
+        .map_err(|_| Error::InvalidArgument("the checkpoint's hash state is damaged".into()))?;
+    Sha256::deserialize(&state)
+        .map_err(|_| Error::InvalidArgument("the checkpoint's hash state is damaged".into()))
+}
+
+/// A resumable point: after a power cut, [`Applier::resume`] with these bytes
+/// and the patch fed from [`Checkpoint::patch_offset`] reproduces the output
+/// from [`Checkpoint::output_offset`] on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub header: Header,
+    pub patch_offset: u64,
+    pub output_offset: u64,
+    pub frame_index: u32,
+    body_state: Vec<u8>,
+    new_state: Vec<u8>,
+}
+
+impl Checkpoint {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(HEADER_LEN + 64 + 2 * self.new_state.len());
+        b.extend_from_slice(CHECKPOINT_MAGIC);
+        b.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
+        b.extend_from_slice(&[0, 0]);
+        b.extend_from_slice(&self.header.encode());
+        b.extend_from_slice(&self.patch_offset.to_le_bytes());
+        b.extend_from_slice(&self.output_offset.to_le_bytes());
+        b.extend_from_slice(&self.frame_index.to_le_bytes());
+        for state in [&self.body_state, &self.new_state] {
+            b.extend_from_slice(&(state.len() as u32).to_le_bytes());
+            b.extend_from_slice(state);
+        }
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Result<Self> {
+        let bad = |what: &str| Error::InvalidArgument(format!("not a usable checkpoint: {what}"));
+        if b.len() < 8 + HEADER_LEN + 20 + 4 || &b[..4] != CHECKPOINT_MAGIC {
+            return Err(bad("wrong magic or too short"));
+        }
+        let (body, crc) = b.split_at(b.len() - 4);
+        if crc32fast::hash(body) != le_u32(crc, 0) {
+            return Err(bad("its checksum does not match"));
+        }
+        if u16::from_le_bytes([b[4], b[5]]) != CHECKPOINT_VERSION {
+            return Err(bad("unknown version"));
+        }
+        let header = Header::decode(&b[8..8 + HEADER_LEN])?;
+        let mut at = 8 + HEADER_LEN;
+        let patch_offset = le_u64(b, at);
+        let output_offset = le_u64(b, at + 8);
+        let frame_index = le_u32(b, at + 16);
+        at += 20;
+        let mut states = Vec::new();
+        for _ in 0..2 {
+            let len = body
+                .get(at..at + 4)
+                .map(|x| le_u32(x, 0) as usize)
+                .ok_or_else(|| bad("short"))?;
+            let state = body.get(at + 4..at + 4 + len).ok_or_else(|| bad("short"))?;
+            states.push(state.to_vec());
+            at += 4 + len;
+        }
+        let new_state = states.pop().unwrap_or_default();
+        let body_state = states.pop().unwrap_or_default();
+        if patch_offset < HEADER_LEN as u64
+            || patch_offset - HEADER_LEN as u64 > header.body_size
+            || output_offset > header.new_size
+            || frame_index > header.frame_count
+        {
+            return Err(bad("its offsets do not fit its patch"));
+        }
+        Ok(Self {
+            header,
+            patch_offset,
+            output_offset,
+            frame_index,
+            body_state,
+            new_state,
+        })
+    }
+}
+
+struct OursState {
+    header: Header,
+    body: BodyDecoder,
+    body_hash: Sha256,
+    new_hash: Sha256,
+    /// The body hash and output hash at the decoder's last frame boundary.
+    boundary: (Position, Vec<u8>, Vec<u8>),
+}
+
+enum Mode {
+    /// Collecting the first bytes to tell the format.
+    Head(Vec<u8>),
+    Ours(Box<OursState>),
+    Bsdiff(Box<BsdiffApply>),
+    Finished,
+    /// A previous error makes every later call fail the same way.
+    Failed(String),
+}
+
+/// Applies a patch pushed in chunks: `feed` as bytes arrive, then `finish`.
+///
+/// The header is checked, and the old image hashed and compared with the
+/// one the patch was made for, before the first byte goes to the sink. The
+/// new image's SHA-256 is checked in `finish`; until `finish` returns Ok,
+/// what the sink holds is unverified.
+pub struct Applier<R: ReadAt, W: ImageSink> {
+    old: R,
+    sink: W,
+    options: ApplyOptions,
+    mode: Mode,
+    fed: u64,
+    resume: Option<Checkpoint>,
+    working_set: Option<usize>,
+}
+
+impl<R: ReadAt, W: ImageSink> std::fmt::Debug for Applier<R, W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applier").field("fed", &self.fed).finish()
+    }
+}
+
+impl<R: ReadAt, W: ImageSink> Applier<R, W> {
+    pub fn new(old: R, sink: W, options: ApplyOptions) -> Self {
+        Self {
+            old,
+            sink,
+            options,
+            mode: Mode::Head(Vec::with_capacity(HEADER_LEN)),
+            fed: 0,
+            resume: None,
+            working_set: None,
+        }
+    }
+
+    /// Continues an apply from `checkpoint` (from [`Applier::checkpoint`]).
+    /// The sink must continue at `checkpoint.output_offset` (e.g.
+    /// `FileSink::resume_at`), and the patch must be fed from
+    /// `checkpoint.patch_offset`. The old image is verified again first.
+    pub fn resume(old: R, sink: W, checkpoint: &[u8], options: ApplyOptions) -> Result<Self> {
+        let cp = Checkpoint::from_bytes(checkpoint)?;
+        let mut applier = Self::new(old, sink, options);
+        applier.fed = cp.patch_offset;
+        applier.resume = Some(cp);
+        Ok(applier)
+    }
+
+    /// Where in the patch the next `feed` continues (0 for a fresh apply).
+    pub fn patch_offset(&self) -> u64 {
+        self.fed
+    }
+
+    pub fn header(&self) -> Option<&Header> {
+        match &self.mode {
+            Mode::Ours(s) => Some(&s.header),
+            _ => None,
+        }
+    }
+
+    /// Output bytes handed to the sink so far.
+    pub fn output_offset(&self) -> u64 {
+        match &self.mode {
+            Mode::Ours(s) => s.body.out_pos(),
+            Mode::Bsdiff(b) => b.out_pos(),
+            _ => 0,
+        }
+    }
+
+    /// Working memory of this apply, once the header is known.
+    pub fn working_set(&self) -> Option<usize> {
+        match &self.mode {
+            Mode::Ours(s) => Some(body::working_set(&s.header, self.options.read_cache)),
+            Mode::Bsdiff(b) => Some(b.working_set()),
+            _ => self.working_set,
+        }
+    }
+
+    /// The latest resumable point (a frame boundary), or None before the
+    /// first. It is valid once the sink has durably stored
+    /// `output_offset` bytes; BSDIFF40 patches have none.
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        let Mode::Ours(s) = &self.mode else {
+            return None;
+        };
+        let (pos, body_state, new_state) = &s.boundary;
+        Some(Checkpoint {
+            header: s.header.clone(),
+            patch_offset: HEADER_LEN as u64 + pos.body_pos,
+            output_offset: pos.out_pos,
+            frame_index: pos.frame_index,
+            body_state: body_state.clone(),
+            new_state: new_state.clone(),
+        })
+    }
+
+    pub fn into_parts(self) -> (R, W) {
+        (self.old, self.sink)
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<()> {
+        self.feed_with(chunk, &mut NoProgress)
+    }
+
+    /// Pushes the next patch bytes. Progress hears `Verify` while the old
+    /// image is checked and `Patch` (output bytes) as blocks are written.
+    pub fn feed_with(&mut self, chunk: &[u8], progress: &mut dyn Progress) -> Result<()> {
+        if let Mode::Failed(why) = &self.mode {
+            return Err(Error::InvalidArgument(format!(
+                "this apply already failed: {why}"
+            )));
+        }
+        let result = self.feed_inner(chunk, progress);
+        if let Err(e) = &result
+            && !matches!(e, Error::Callback(_) | Error::Cancelled)
+        {
+            self.mode = Mode::Failed(e.to_string());
+        }
+        result
+    }
+
+    fn feed_inner(&mut self, mut chunk: &[u8], progress: &mut dyn Progress) -> Result<()> {
+        if let Mode::Head(buf) = &mut self.mode {
+            if let Some(cp) = self.resume.take() {
+                self.mode = Mode::Ours(Box::new(self.start_resumed(cp, progress)?));
+            } else {
+                let need = if buf.len() < 8 {
+                    8
+                } else if &buf[..8] == BSDIFF_MAGIC {
+                    32
+                } else {
+                    HEADER_LEN
+                };
+                let take = (need - buf.len()).min(chunk.len());
+                buf.extend_from_slice(&chunk[..take]);
+                chunk = &chunk[take..];
+                self.fed += take as u64;
+                if buf.len() < need {
+                    return Ok(());
+                }
+                if need == 8 {
+                    if &buf[..8] != BSDIFF_MAGIC && &buf[..8] != MAGIC {
+                        return Err(Error::PatchForeign(describe_magic(buf)));
+                    }
+                    return self.feed_inner(chunk, progress);
+                }
+                let head = std::mem::take(buf);
+                if need == 32 {
+                    self.mode =
+                        Mode::Bsdiff(Box::new(BsdiffApply::new(&head, &self.old, &self.options)?));
+                } else {
+                    self.mode = Mode::Ours(Box::new(self.start(&head, progress)?));
+                }
+            }
+        }
+        match &mut self.mode {
+            Mode::Ours(state) => {
+                let left = state.header.body_size - (self.fed - HEADER_LEN as u64);
+                if chunk.len() as u64 > left {
+                    return Err(Error::PatchCorrupt(format!(
+                        "it is longer than its header says ({} bytes past the end)",
+                        chunk.len() as u64 - left
+                    )));
+                }
+                self.fed += chunk.len() as u64;
+                feed_ours(state, chunk, &mut self.old, &mut self.sink, progress)
+            }
+            Mode::Bsdiff(b) => {
+                self.fed += chunk.len() as u64;
+                b.feed(chunk, &mut self.old, &mut self.sink, progress)
+            }
+            Mode::Finished => Err(Error::InvalidArgument(
+                "this apply has already finished".into(),
+            )),
+            Mode::Head(_) | Mode::Failed(_) => Ok(()),
+        }
+    }
+
+    fn start(&mut self, head: &[u8], progress: &mut dyn Progress) -> Result<OursState> {
+        let header = Header::decode(head)?;
+        if header.kind != Kind::Sequential {
+            return Err(Error::PatchUnsupported(format!(
+                "this is an {} patch: apply it to its slot with the in-place applier",
+                header.kind.name()
+            )));
+        }
+        self.check_budget(&header)?;
+        verify_old(&mut self.old, &header, progress)?;
+        let pos = Position {
+            body_pos: 0,
+            out_pos: 0,
+            frame_index: 0,
+        };
+        let body = BodyDecoder::new(&header, self.options.read_cache, pos)?;
+        let body_hash = Sha256::new();
+        let new_hash = Sha256::new();
+        let boundary = (pos, sha_state(&body_hash), sha_state(&new_hash));
+        Ok(OursState {
+            header,
+            body,
+            body_hash,
+            new_hash,
+            boundary,
+        })
+    }
+
+    fn start_resumed(&mut self, cp: Checkpoint, progress: &mut dyn Progress) -> Result<OursState> {
+        let header = cp.header.clone();
+        self.check_budget(&header)?;
+        verify_old(&mut self.old, &header, progress)?;
+        let pos = Position {
+            body_pos: cp.patch_offset - HEADER_LEN as u64,
+            out_pos: cp.output_offset,
+            frame_index: cp.frame_index,
+        };
+        let body = BodyDecoder::new(&header, self.options.read_cache, pos)?;
+        let body_hash = sha_restore(&cp.body_state)?;
+        let new_hash = sha_restore(&cp.new_state)?;
+        Ok(OursState {
+            header,
+            body,
+            body_hash,
+            new_hash,
+            boundary: (pos, cp.body_state, cp.new_state),
+        })
+    }
+
+    fn check_budget(&self, header: &Header) -> Result<()> {
+        let need = body::working_set(header, self.options.read_cache);
+        if need > self.options.max_working_set {
+            return Err(Error::PatchUnsupported(format!(
+                "this patch needs {} KiB of working memory, the limit is {} KiB \
+                 (make the patch with a smaller block size or window)",
+                need.div_ceil(1024),
+                self.options.max_working_set / 1024
+            )));
+        }
+        Ok(())
+    }
+
+    /// The patch is complete: checks it all, verifies the new image and
+    /// finishes the sink. Only an Ok here means the output is good.
+    pub fn finish(&mut self) -> Result<ApplyReport> {
+        self.finish_with(&mut NoProgress)
+    }
+
+    pub fn finish_with(&mut self, progress: &mut dyn Progress) -> Result<ApplyReport> {
+        let mode = std::mem::replace(&mut self.mode, Mode::Finished);
+        let result = self.finish_mode(mode, progress);
+        if let Err(e) = &result {
+            self.mode = Mode::Failed(e.to_string());
+        }
+        result
+    }
+
+    fn finish_mode(&mut self, mode: Mode, progress: &mut dyn Progress) -> Result<ApplyReport> {
+        self.working_set = match &mode {
+            Mode::Ours(s) => Some(body::working_set(&s.header, self.options.read_cache)),
+            Mode::Bsdiff(b) => Some(b.working_set()),
+            _ => self.working_set,
+        };
+        match mode {
+            Mode::Head(buf) => Err(if self.resume.is_some() {
+                Error::PatchCorrupt("no patch bytes were fed after the checkpoint".into())
+            } else {
+                Error::PatchCorrupt(format!(
+                    "it is truncated: it ended after {} bytes, inside its header",
+                    buf.len()
+                ))
+            }),
+            Mode::Ours(state) => {
+                let OursState {
+                    header,
+                    body,
+                    body_hash,
+                    new_hash,
+                    ..
+                } = *state;
+                let body_seen = self.fed - HEADER_LEN as u64;
+                if body_seen < header.body_size || !body.is_complete() {
+                    return Err(Error::PatchCorrupt(format!(
+                        "it is truncated: it ended after {} of its {} bytes",
+                        self.fed,
+                        HEADER_LEN as u64 + header.body_size
+                    )));
+                }
+                let body_digest: [u8; 32] = body_hash.finalize().into();
+                if body_digest != header.body_sha256 {
+                    return Err(Error::PatchCorrupt(
+                        "its body does not match the SHA-256 in its header".into(),
+                    ));
+                }
+                let new_digest: [u8; 32] = new_hash.finalize().into();
+                if new_digest != header.new_sha256 {
+                    return Err(Error::Verify {
+                        subject: "patched image".into(),
+                        what: "sha256".into(),
+                        expected: hex(&header.new_sha256),
+                        actual: hex(&new_digest),
+                    });
+                }
+                self.sink.finish()?;
+                progress.report(ProgressEvent {
+                    operation: Operation::Patch,
+                    done: header.new_size,
+                    total: Some(header.new_size),
+                })?;
+                Ok(ApplyReport {
+                    format: "otaflash",
+                    new_size: header.new_size,
+                    new_sha256: new_digest,
+                    patch_size: self.fed,
+                })
+            }
+            Mode::Bsdiff(mut b) => {
+                let report = b.finish(&mut self.old, &mut self.sink, progress)?;
+                self.sink.finish()?;
+                Ok(ApplyReport {
+                    patch_size: self.fed,
+                    ..report
+                })
+            }
+            Mode::Finished => Err(Error::InvalidArgument(
+                "this apply has already finished".into(),
+            )),
+            Mode::Failed(why) => Err(Error::InvalidArgument(format!(
+                "this apply already failed: {why}"
+            ))),
+        }
+    }
+}
+
+fn feed_ours(
+    state: &mut OursState,
+    chunk: &[u8],
+    old: &mut dyn ReadAt,
+    sink: &mut dyn ImageSink,
+    progress: &mut dyn Progress,
+) -> Result<()> {
+    let total = state.header.new_size;
+    let OursState {
+        body,
+        body_hash,
+        new_hash,
+        boundary,
+        ..
+    } = state;
+    // Feed the decoder piecewise so the body hash can be captured exactly at
+    // each frame boundary.
+    let mut rest = chunk;
+    while !rest.is_empty() {
+        let before = body.boundary();
+        let mut emit = |offset: u64, block: &[u8]| -> Result<()> {
+            new_hash.update(block);
+            sink.write(block)?;
+            progress.report(ProgressEvent {
+                operation: Operation::Patch,
+                done: offset + block.len() as u64,
+                total: Some(total),
+            })
+        };
+        let step = frame_step(body, rest.len());
+        let (piece, tail) = rest.split_at(step);
+        body.push(piece, old, &mut emit)?;
+        body_hash.update(piece);
+        rest = tail;
+        let after = body.boundary();
+        if after != before {
+            *boundary = (after, sha_state(body_hash), sha_state(new_hash));
+        }
+    }
+    Ok(())
+}
+
+/// How many of `avail` bytes to push so that a frame boundary, if reached,
+/// falls at the end of the push.
+fn frame_step(body: &BodyDecoder, avail: usize) -> usize {
+    body.bytes_to_boundary()
+        .map_or(avail, |n| n.clamp(1, avail as u64) as usize)
+}

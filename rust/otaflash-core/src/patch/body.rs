@@ -1,0 +1,681 @@
+//! Decodes a patch body (frames of blocks) pushed in chunks of any size into
+//! output blocks, with a working set fixed by the header: one output block,
+//! its record table, a small staging buffer, the old-image read cache and the
+//! zstd window.
+
+use zstd::zstd_safe::{self, DCtx, DParameter, InBuffer, OutBuffer, ResetDirective};
+
+use super::format::{
+    Compression, FRAME_HEADER_LEN, FrameHeader, Header, RECORD_DENSITY, get_varint, unzigzag,
+};
+use crate::io::ReadAt;
+use crate::{Error, Result};
+
+/// Decompressed bytes are parsed from a buffer of this size.
+const STAGING: usize = 64 << 10;
+/// zstd's fixed decoder state (entropy tables, block buffers) above its window.
+const ZSTD_FIXED: usize = 480 << 10;
+
+fn corrupt(what: impl Into<String>) -> Error {
+    Error::PatchCorrupt(what.into())
+}
+
+/// Working memory the body decoder needs for `header`, with a read cache of
+/// `read_cache` bytes.
+pub fn working_set(header: &Header, read_cache: usize) -> usize {
+    let block = header.block_size as usize;
+    let records = (block / RECORD_DENSITY as usize + 1)
+        * (std::mem::size_of::<Span>() + std::mem::size_of::<(u64, u32, u32)>());
+    let codec = match header.compression {
+        Compression::None => 0,
+        Compression::Zstd => (1usize << header.window_log) + ZSTD_FIXED,
+    };
+    block + records + STAGING + read_cache + codec
+}
+
+/// Reads of the old image through a 4-way set-associative cache of 4 KiB
+/// pages (least recently used way replaced): patches copy many short runs
+/// from a few regions that move through the old image, so a miss must cost
+/// one page, not a window. Long copies bypass the cache.
+#[derive(Debug)]
+pub(crate) struct ReadCache {
+    pages: Vec<u8>,
+    tags: Vec<u64>,
+    used: Vec<u64>,
+    clock: u64,
+    sets: usize,
+}
+
+const PAGE: usize = 4096;
+const WAYS: usize = 4;
+const EMPTY: u64 = u64::MAX;
+
+impl ReadCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        let sets = (capacity / (PAGE * WAYS)).max(1);
+        Self {
+            pages: vec![0; sets * WAYS * PAGE],
+            tags: vec![EMPTY; sets * WAYS],
+            used: vec![0; sets * WAYS],
+            clock: 0,
+            sets,
+        }
+    }
+
+    /// The cache slot holding `page`, loading it if needed.
+    fn slot(&mut self, old: &mut dyn ReadAt, page: u64, avail: usize) -> Result<usize> {
+        self.clock += 1;
+        let set = (page % self.sets as u64) as usize * WAYS;
+        let ways = set..set + WAYS;
+        if let Some(slot) = ways.clone().find(|&w| self.tags[w] == page) {
+            self.used[slot] = self.clock;
+            return Ok(slot);
+        }
+        let slot = ways.min_by_key(|&w| self.used[w]).unwrap_or(set);
+        let base = slot * PAGE;
+        self.tags[slot] = EMPTY;
+        old.read_exact_at(page * PAGE as u64, &mut self.pages[base..base + avail])?;
+        self.tags[slot] = page;
+        self.used[slot] = self.clock;
+        Ok(slot)
+    }
+
+    /// Fills `block` from the old image: `copies` are (old offset, block
+    /// offset, length). They are read in old-image order, nearby ones
+    /// coalesced into one read through the cache's buffer, so a block costs a
+    /// few large reads however scattered its copies are.
+    pub(crate) fn gather(
+        &mut self,
+        old: &mut dyn ReadAt,
+        copies: &mut [(u64, u32, u32)],
+        block: &mut [u8],
+    ) -> Result<()> {
+        const GAP: u64 = 2 * PAGE as u64;
+        self.tags.fill(EMPTY);
+        copies.sort_unstable_by_key(|c| c.0);
+        let cap = self.pages.len() as u64;
+        let mut i = 0;
+        while i < copies.len() {
+            let (start, _, len) = copies[i];
+            let mut end = start + u64::from(len);
+            let mut j = i + 1;
+            while j < copies.len() {
+                let (s, _, l) = copies[j];
+                let e = (s + u64::from(l)).max(end);
+                if s > end + GAP || e - start > cap {
+                    break;
+                }
+                end = e;
+                j += 1;
+            }
+            if end - start > cap {
+                // One copy longer than the buffer: straight into the block.
+                let (_, at, len) = copies[i];
+                old.read_exact_at(start, &mut block[at as usize..at as usize + len as usize])?;
+            } else {
+                let run = &mut self.pages[..(end - start) as usize];
+                old.read_exact_at(start, run)?;
+                for &(s, at, len) in &copies[i..j] {
+                    let from = (s - start) as usize;
+                    block[at as usize..at as usize + len as usize]
+                        .copy_from_slice(&run[from..from + len as usize]);
+                }
+            }
+            i = j.max(i + 1);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn read(&mut self, old: &mut dyn ReadAt, pos: u64, out: &mut [u8]) -> Result<()> {
+        if out.len() >= 4 * PAGE {
+            return old.read_exact_at(pos, out);
+        }
+        let size = old.size();
+        let mut done = 0;
+        while done < out.len() {
+            let at = pos + done as u64;
+            let page = at / PAGE as u64;
+            let start = page * PAGE as u64;
+            let avail = (size.saturating_sub(start)).min(PAGE as u64) as usize;
+            let offset = (at - start) as usize;
+            if offset >= avail {
+                return Err(corrupt("it copies from beyond the end of the old image"));
+            }
+            let base = self.slot(old, page, avail)? * PAGE;
+            let n = (avail - offset).min(out.len() - done);
+            out[done..done + n].copy_from_slice(&self.pages[base + offset..base + offset + n]);
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Span {
+    at: u32,
+    copy: u32,
+    extra: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Count,
+    Records { left: u64 },
+    Diff { span: usize, done: u32 },
+    Extra { span: usize, done: u32 },
+}
+
+/// Where the decoder stands, so a checkpoint can restart at a frame boundary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// Body bytes consumed (the patch offset is this plus the header length).
+    pub body_pos: u64,
+    /// Output bytes produced.
+    pub out_pos: u64,
+    /// Frames completed.
+    pub frame_index: u32,
+}
+
+/// The frame being decoded.
+struct Frame {
+    header: FrameHeader,
+    comp_left: u64,
+    raw_seen: u64,
+    out_left: u64,
+    crc: crc32fast::Hasher,
+    codec_done: bool,
+}
+
+/// Receives each finished output block with its offset in the new image.
+pub(crate) type Emit<'a> = dyn FnMut(u64, &[u8]) -> Result<()> + 'a;
+
+pub(crate) struct BodyDecoder {
+    header: Header,
+    dctx: Option<DCtx<'static>>,
+    staging: Vec<u8>,
+    st_start: usize,
+    st_end: usize,
+    frame_head: Vec<u8>,
+    frame: Option<Frame>,
+    block: Vec<u8>,
+    block_len: usize,
+    spans: Vec<Span>,
+    copies: Vec<(u64, u32, u32)>,
+    phase: Phase,
+    filled: usize,
+    old_pos: u64,
+    pub(crate) cache: ReadCache,
+    /// Running position (mid-frame bytes included).
+    pos: Position,
+    /// The last frame boundary.
+    boundary: Position,
+}
+
+impl std::fmt::Debug for BodyDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyDecoder")
+            .field("pos", &self.pos)
+            .finish()
+    }
+}
+
+impl BodyDecoder {
+    /// A decoder starting at `pos`, which must be a frame boundary.
+    pub(crate) fn new(header: &Header, read_cache: usize, pos: Position) -> Result<Self> {
+        let dctx = match header.compression {
+            Compression::None => None,
+            Compression::Zstd => {
+                let mut dctx = DCtx::try_create()
+                    .ok_or_else(|| Error::PatchUnsupported("zstd could not allocate".into()))?;
+                dctx.set_parameter(DParameter::WindowLogMax(u32::from(header.window_log)))
+                    .map_err(zstd_error)?;
+                Some(dctx)
+            }
+        };
+        let block = header.block_size as usize;
+        Ok(Self {
+            header: header.clone(),
+            dctx,
+            staging: vec![0; STAGING],
+            st_start: 0,
+            st_end: 0,
+            frame_head: Vec::with_capacity(FRAME_HEADER_LEN),
+            frame: None,
+            block: vec![0; block],
+            block_len: 0,
+            spans: Vec::with_capacity(block / RECORD_DENSITY as usize + 1),
+            copies: Vec::with_capacity(block / RECORD_DENSITY as usize + 1),
+            phase: Phase::Count,
+            filled: 0,
+            old_pos: 0,
+            cache: ReadCache::new(read_cache),
+            pos,
+            boundary: pos,
+        })
+    }
+
+    /// The last frame boundary passed (where a resume can restart).
+    pub(crate) fn boundary(&self) -> Position {
+        self.boundary
+    }
+
+    /// Body bytes until the current frame (or frame header) ends.
+    pub(crate) fn bytes_to_boundary(&self) -> Option<u64> {
+        match &self.frame {
+            Some(frame) => Some(frame.comp_left),
+            None => Some((FRAME_HEADER_LEN - self.frame_head.len()) as u64),
+        }
+    }
+
+    pub(crate) fn out_pos(&self) -> u64 {
+        self.pos.out_pos
+            + self
+                .frame
+                .as_ref()
+                .map_or(0, |f| u64::from(f.header.out_len) - f.out_left)
+    }
+
+    /// Every frame is decoded and every output byte made.
+    pub(crate) fn is_complete(&self) -> bool {
+        self.frame.is_none()
+            && self.frame_head.is_empty()
+            && self.pos.out_pos == self.header.new_size
+            && self.pos.frame_index == self.header.frame_count
+    }
+
+    /// Decodes `data` (the next body bytes). Finished blocks go to `emit`.
+    pub(crate) fn push(
+        &mut self,
+        mut data: &[u8],
+        old: &mut dyn ReadAt,
+        emit: &mut Emit<'_>,
+    ) -> Result<()> {
+        while !data.is_empty() {
+            if self.frame.is_none() {
+                if self.pos.out_pos == self.header.new_size {
+                    return Err(corrupt(format!(
+                        "it has {} bytes after its last frame",
+                        data.len()
+                    )));
+                }
+                let take = (FRAME_HEADER_LEN - self.frame_head.len()).min(data.len());
+                self.frame_head.extend_from_slice(&data[..take]);
+                data = &data[take..];
+                if self.frame_head.len() < FRAME_HEADER_LEN {
+                    return Ok(());
+                }
+                self.start_frame()?;
+                continue;
+            }
+            let take = {
+                let frame = self.frame.as_ref().ok_or_else(|| corrupt("no frame"))?;
+                (frame.comp_left.min(data.len() as u64)) as usize
+            };
+            let (piece, rest) = data.split_at(take);
+            data = rest;
+            self.consume_payload(piece, old, emit)?;
+        }
+        Ok(())
+    }
+
+    fn start_frame(&mut self) -> Result<()> {
+        let out_left = self.header.new_size - self.pos.out_pos;
+        if self.pos.frame_index >= self.header.frame_count {
+            return Err(corrupt(format!(
+                "it has more frames than the {} its header declares",
+                self.header.frame_count
+            )));
+        }
+        let fh = FrameHeader::decode(
+            &self.frame_head,
+            self.pos.frame_index,
+            &self.header,
+            out_left,
+        )?;
+        if fh.old_pos > self.header.old_size.max(self.old_space()) {
+            return Err(corrupt(format!(
+                "frame {} starts at old offset {} beyond the old image",
+                self.pos.frame_index, fh.old_pos
+            )));
+        }
+        self.frame_head.clear();
+        if let Some(dctx) = self.dctx.as_mut() {
+            dctx.reset(ResetDirective::SessionOnly)
+                .map_err(zstd_error)?;
+        }
+        self.st_start = 0;
+        self.st_end = 0;
+        self.old_pos = fh.old_pos;
+        self.phase = Phase::Count;
+        self.frame = Some(Frame {
+            header: fh,
+            comp_left: u64::from(fh.comp_len),
+            raw_seen: 0,
+            out_left: u64::from(fh.out_len),
+            crc: crc32fast::Hasher::new(),
+            codec_done: false,
+        });
+        self.pos.body_pos += FRAME_HEADER_LEN as u64;
+        Ok(())
+    }
+
+    /// The old-image space copies may address (in-place: the shifted slot).
+    fn old_space(&self) -> u64 {
+        self.header.old_size
+    }
+
+    fn consume_payload(
+        &mut self,
+        piece: &[u8],
+        old: &mut dyn ReadAt,
+        emit: &mut Emit<'_>,
+    ) -> Result<()> {
+        {
+            let frame = self.frame.as_mut().ok_or_else(|| corrupt("no frame"))?;
+            frame.crc.update(piece);
+            frame.comp_left -= piece.len() as u64;
+        }
+        self.pos.body_pos += piece.len() as u64;
+        match self.header.compression {
+            Compression::None => {
+                let mut input = piece;
+                while !input.is_empty() {
+                    self.compact();
+                    let room = STAGING - self.st_end;
+                    let n = room.min(input.len());
+                    self.staging[self.st_end..self.st_end + n].copy_from_slice(&input[..n]);
+                    self.st_end += n;
+                    input = &input[n..];
+                    self.note_raw(n as u64)?;
+                    self.parse(old, emit)?;
+                }
+            }
+            Compression::Zstd => {
+                let mut input = InBuffer::around(piece);
+                loop {
+                    let made = self.inflate(&mut input)?;
+                    self.parse(old, emit)?;
+                    if input.pos() >= piece.len() && made == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        let left = self.frame.as_ref().map_or(1, |f| f.comp_left);
+        if left == 0 {
+            if self.header.compression == Compression::None
+                && let Some(frame) = self.frame.as_mut()
+            {
+                frame.codec_done = true;
+            }
+            self.parse(old, emit)?;
+            self.end_frame()?;
+        }
+        Ok(())
+    }
+
+    /// Runs zstd once into the free end of the staging buffer; returns the
+    /// bytes it produced.
+    fn inflate(&mut self, input: &mut InBuffer<'_>) -> Result<usize> {
+        self.compact();
+        if input.pos() < input.src.len() && self.frame.as_ref().is_some_and(|f| f.codec_done) {
+            return Err(corrupt("a frame has bytes after its zstd stream"));
+        }
+        let dctx = self.dctx.as_mut().ok_or_else(|| corrupt("no decoder"))?;
+        let mut out = OutBuffer::around(&mut self.staging[self.st_end..]);
+        let hint = dctx
+            .decompress_stream(&mut out, input)
+            .map_err(zstd_error)?;
+        let made = out.pos();
+        self.st_end += made;
+        if hint == 0 {
+            if let Some(frame) = self.frame.as_mut() {
+                frame.codec_done = true;
+            }
+            if input.pos() < input.src.len() {
+                return Err(corrupt("a frame has bytes after its zstd stream"));
+            }
+        }
+        self.note_raw(made as u64)?;
+        Ok(made)
+    }
+
+    fn note_raw(&mut self, n: u64) -> Result<()> {
+        let frame = self.frame.as_mut().ok_or_else(|| corrupt("no frame"))?;
+        frame.raw_seen += n;
+        if frame.raw_seen > u64::from(frame.header.raw_len) {
+            return Err(corrupt(format!(
+                "frame {} decodes to more than the {} bytes it declares",
+                self.pos.frame_index, frame.header.raw_len
+            )));
+        }
+        Ok(())
+    }
+
+    fn end_frame(&mut self) -> Result<()> {
+        let index = self.pos.frame_index;
+        // Drain whatever the decoder still holds.
+        if self.header.compression == Compression::Zstd {
+            let mut empty = InBuffer::around(&[]);
+            if self.inflate(&mut empty)? > 0 {
+                return Err(corrupt(format!("frame {index} decodes past its data")));
+            }
+        }
+        let frame = self.frame.take().ok_or_else(|| corrupt("no frame"))?;
+        if !frame.codec_done {
+            return Err(corrupt(format!(
+                "frame {index} ends inside its zstd stream"
+            )));
+        }
+        if frame.crc.finalize() != frame.header.payload_crc {
+            return Err(corrupt(format!(
+                "frame {index} payload checksum does not match"
+            )));
+        }
+        if frame.raw_seen != u64::from(frame.header.raw_len)
+            || frame.out_left != 0
+            || self.st_start != self.st_end
+            || self.phase != Phase::Count
+        {
+            return Err(corrupt(format!(
+                "frame {index} does not add up: its data ends before its {} output bytes",
+                frame.header.out_len
+            )));
+        }
+        self.pos.out_pos += u64::from(frame.header.out_len);
+        self.pos.frame_index += 1;
+        self.boundary = self.pos;
+        Ok(())
+    }
+
+    fn compact(&mut self) {
+        if self.st_start == self.st_end {
+            self.st_start = 0;
+            self.st_end = 0;
+        } else if self.st_start > 0 && STAGING - self.st_end < 16 {
+            self.staging.copy_within(self.st_start..self.st_end, 0);
+            self.st_end -= self.st_start;
+            self.st_start = 0;
+        }
+    }
+
+    fn take_varint(&mut self) -> Result<Option<u64>> {
+        match get_varint(&self.staging[self.st_start..self.st_end])? {
+            Some((v, n)) => {
+                self.st_start += n;
+                Ok(Some(v))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Parses staged bytes as far as they go.
+    fn parse(&mut self, old: &mut dyn ReadAt, emit: &mut Emit<'_>) -> Result<()> {
+        loop {
+            let Some(frame) = self.frame.as_ref() else {
+                return Ok(());
+            };
+            match self.phase {
+                Phase::Count => {
+                    if self.st_start == self.st_end {
+                        return Ok(());
+                    }
+                    if frame.out_left == 0 {
+                        return Err(corrupt(format!(
+                            "frame {} has data after its last block",
+                            self.pos.frame_index
+                        )));
+                    }
+                    let block_len = frame.out_left.min(u64::from(self.header.block_size)) as usize;
+                    let Some(count) = self.take_varint()? else {
+                        return Ok(());
+                    };
+                    let max = (block_len / RECORD_DENSITY as usize + 1) as u64;
+                    if count == 0 || count > max {
+                        return Err(corrupt(format!(
+                            "a block of {block_len} bytes declares {count} records (at most {max})"
+                        )));
+                    }
+                    self.block_len = block_len;
+                    self.filled = 0;
+                    self.spans.clear();
+                    self.copies.clear();
+                    self.phase = Phase::Records { left: count };
+                }
+                Phase::Records { left } => {
+                    if left == 0 {
+                        if self.filled != self.block_len {
+                            return Err(corrupt(format!(
+                                "a block's records make {} of its {} bytes",
+                                self.filled, self.block_len
+                            )));
+                        }
+                        self.cache.gather(
+                            old,
+                            &mut self.copies,
+                            &mut self.block[..self.block_len],
+                        )?;
+                        self.phase = Phase::Diff { span: 0, done: 0 };
+                        continue;
+                    }
+                    let mark = self.st_start;
+                    let (Some(copy), Some(extra), Some(seek)) = (
+                        self.take_varint()?,
+                        self.take_varint()?,
+                        self.take_varint()?,
+                    ) else {
+                        self.st_start = mark;
+                        return Ok(());
+                    };
+                    self.record(copy, extra, unzigzag(seek))?;
+                    self.phase = Phase::Records { left: left - 1 };
+                }
+                Phase::Diff { span, done } => {
+                    let Some(s) = self.spans.get(span).copied() else {
+                        self.phase = Phase::Extra { span: 0, done: 0 };
+                        continue;
+                    };
+                    if done == s.copy {
+                        self.phase = Phase::Diff {
+                            span: span + 1,
+                            done: 0,
+                        };
+                        continue;
+                    }
+                    let avail = self.st_end - self.st_start;
+                    if avail == 0 {
+                        return Ok(());
+                    }
+                    let n = avail.min((s.copy - done) as usize);
+                    let at = (s.at + done) as usize;
+                    let src = &self.staging[self.st_start..self.st_start + n];
+                    for (dst, d) in self.block[at..at + n].iter_mut().zip(src) {
+                        *dst = dst.wrapping_add(*d);
+                    }
+                    self.st_start += n;
+                    self.phase = Phase::Diff {
+                        span,
+                        done: done + n as u32,
+                    };
+                }
+                Phase::Extra { span, done } => {
+                    let Some(s) = self.spans.get(span).copied() else {
+                        self.finish_block(emit)?;
+                        continue;
+                    };
+                    if done == s.extra {
+                        self.phase = Phase::Extra {
+                            span: span + 1,
+                            done: 0,
+                        };
+                        continue;
+                    }
+                    let avail = self.st_end - self.st_start;
+                    if avail == 0 {
+                        return Ok(());
+                    }
+                    let n = avail.min((s.extra - done) as usize);
+                    let at = (s.at + s.copy + done) as usize;
+                    self.block[at..at + n]
+                        .copy_from_slice(&self.staging[self.st_start..self.st_start + n]);
+                    self.st_start += n;
+                    self.phase = Phase::Extra {
+                        span,
+                        done: done + n as u32,
+                    };
+                }
+            }
+        }
+    }
+
+    fn record(&mut self, copy: u64, extra: u64, seek: i64) -> Result<()> {
+        let room = (self.block_len - self.filled) as u64;
+        let total = copy.saturating_add(extra);
+        if total == 0 || total > room {
+            return Err(corrupt(format!(
+                "a record of {copy}+{extra} bytes does not fit the {room} bytes left in its block"
+            )));
+        }
+        let end = self.old_pos + copy;
+        if end > self.old_space() {
+            return Err(corrupt(format!(
+                "it copies {copy} bytes from old offset {} beyond the old image ({} bytes)",
+                self.old_pos,
+                self.old_space()
+            )));
+        }
+        let at = self.filled;
+        if copy > 0 {
+            self.copies.push((self.old_pos, at as u32, copy as u32));
+        }
+        let next = i128::from(end) + i128::from(seek);
+        if next < 0 || next > i128::from(self.old_space()) {
+            return Err(corrupt(format!(
+                "it seeks to old offset {next}, outside the old image"
+            )));
+        }
+        self.old_pos = next as u64;
+        self.spans.push(Span {
+            at: at as u32,
+            copy: copy as u32,
+            extra: extra as u32,
+        });
+        self.filled += total as usize;
+        Ok(())
+    }
+
+    fn finish_block(&mut self, emit: &mut Emit<'_>) -> Result<()> {
+        let frame = self.frame.as_mut().ok_or_else(|| corrupt("no frame"))?;
+        let offset = self.pos.out_pos + u64::from(frame.header.out_len) - frame.out_left;
+        frame.out_left -= self.block_len as u64;
+        self.phase = Phase::Count;
+        emit(offset, &self.block[..self.block_len])
+    }
+}
+
+fn zstd_error(code: usize) -> Error {
+    corrupt(format!(
+        "its zstd data does not decode ({})",
+        zstd_safe::get_error_name(code)
+    ))
+}

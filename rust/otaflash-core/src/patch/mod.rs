@@ -1,0 +1,38 @@
+//! Delta patches: the otaflash patch format (sequential and in-place kinds)
+//! and BSDIFF40, applied while streaming with a fixed working set.
+//! `docs/patch-format.md` specifies the format.
+
+mod apply;
+mod body;
+mod bsdiff;
+pub mod format;
+mod inplace;
+
+pub use apply::{
+    Applier, ApplyOptions, ApplyReport, Checkpoint, DEFAULT_MAX_WORKING_SET, DEFAULT_READ_CACHE,
+};
+pub use body::working_set;
+pub use format::{Compression, Header, Kind};
+pub use inplace::{apply_in_place, in_place_steps};
+
+/// Parses the header of a patch (otaflash or BSDIFF40) from its first bytes.
+pub fn inspect(head: &[u8]) -> crate::Result<PatchSummary> {
+    if head.starts_with(format::BSDIFF_MAGIC) {
+        if head.len() < 32 {
+            return Err(crate::Error::PatchCorrupt(
+                "the BSDIFF40 header is truncated".into(),
+            ));
+        }
+        let new = format::le_u64(head, 24);
+        return Ok(PatchSummary::Bsdiff40 {
+            new_size: new & !(1 << 63),
+        });
+    }
+    Ok(PatchSummary::Otaflash(Header::decode(head)?))
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PatchSummary {
+    Otaflash(Header),
+    Bsdiff40 { new_size: u64 },
+}

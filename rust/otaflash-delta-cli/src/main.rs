@@ -1,0 +1,125 @@
+//! A minimal whole-process front end, so benchmarks time the Rust engine the
+//! way they time the peers' programs (no Python start-up):
+//!
+//!     otaflash-delta diff OLD NEW PATCH [--level N] [--window-log N] [--block-size N] [--threads N]
+//!     otaflash-delta apply OLD PATCH OUT [--stats]
+//!
+//! `--stats` prints one JSON line on stderr: the in-process apply time (from
+//! opening the files to the verified end) and the applier's working set.
+//!
+//! The product's command line is `otaflash diff|patch|patch-info`.
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use otaflash_core::io::{FileSource, ImageSink};
+use otaflash_core::patch::{Applier, ApplyOptions};
+use otaflash_core::{Error, Result};
+use otaflash_diff::{DiffOptions, diff};
+
+struct PlainSink(std::io::BufWriter<std::fs::File>);
+
+impl ImageSink for PlainSink {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.0
+            .write_all(data)
+            .map_err(|e| Error::io("write", "output", e))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.0.flush().map_err(|e| Error::io("write", "output", e))
+    }
+}
+
+fn number(args: &[String], flag: &str) -> Result<Option<u64>> {
+    match args.iter().position(|a| a == flag) {
+        None => Ok(None),
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .map(Some)
+            .ok_or_else(|| Error::InvalidArgument(format!("{flag} needs a number"))),
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let usage = || {
+        Error::InvalidArgument(
+            "usage: otaflash-delta diff OLD NEW PATCH | apply OLD PATCH OUT".into(),
+        )
+    };
+    match args.first().map(String::as_str) {
+        Some("diff") if args.len() >= 4 => {
+            let old = std::fs::read(&args[1]).map_err(|e| Error::io("read", &args[1], e))?;
+            let new = std::fs::read(&args[2]).map_err(|e| Error::io("read", &args[2], e))?;
+            let mut opts = DiffOptions::default();
+            if let Some(v) = number(args, "--level")? {
+                opts.level = v as i32;
+            }
+            if let Some(v) = number(args, "--window-log")? {
+                opts.window_log = v as u8;
+            }
+            if let Some(v) = number(args, "--block-size")? {
+                opts.block_size = v as u32;
+            }
+            if let Some(v) = number(args, "--threads")? {
+                opts.threads = v as usize;
+            }
+            let patch = diff(&old, &new, &opts)?;
+            std::fs::write(&args[3], patch).map_err(|e| Error::io("write", &args[3], e))
+        }
+        Some("apply") if args.len() >= 4 => {
+            let started = std::time::Instant::now();
+            let old = FileSource::open(&args[1])?;
+            // Like the peers' programs: written, not fsynced (the product's
+            // `otaflash patch` syncs before it reports success).
+            let sink = PlainSink(std::io::BufWriter::with_capacity(
+                256 << 10,
+                std::fs::File::create(&args[3]).map_err(|e| Error::io("create", &args[3], e))?,
+            ));
+            let mut applier = Applier::new(old, sink, ApplyOptions::default());
+            let mut patch =
+                std::fs::File::open(&args[2]).map_err(|e| Error::io("open", &args[2], e))?;
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                let n = patch
+                    .read(&mut buf)
+                    .map_err(|e| Error::io("read", &args[2], e))?;
+                if n == 0 {
+                    break;
+                }
+                applier.feed(&buf[..n])?;
+            }
+            let report = applier.finish()?;
+            if args.iter().any(|a| a == "--stats") {
+                let seconds = started.elapsed().as_secs_f64();
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{{\"apply_seconds\":{seconds:.6},\"new_size\":{},\"working_set\":{}}}",
+                    report.new_size,
+                    applier.working_set().unwrap_or(0)
+                );
+            }
+            Ok(())
+        }
+        _ => Err(usage()),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "otaflash-delta: error: {e}");
+            ExitCode::from(match e {
+                Error::PatchCorrupt(_)
+                | Error::PatchForeign(_)
+                | Error::PatchUnsupported(_)
+                | Error::PatchWrongOld { .. } => 7,
+                Error::Verify { .. } => 4,
+                _ => 1,
+            })
+        }
+    }
+}

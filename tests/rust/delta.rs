@@ -1,0 +1,424 @@
+//! The patch engine end to end: diff, streaming apply in every chunking,
+//! checkpoint/resume, in-place with a power cut at every step, and the
+//! corrupted-patch corpus (every truncation, every single-bit flip).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+
+use otaflash_core::inplace::InPlaceTarget;
+use otaflash_core::io::ReadAt;
+use otaflash_core::patch::format::{HEADER_LEN, Header};
+use otaflash_core::patch::{Applier, ApplyOptions, Compression, apply_in_place};
+use otaflash_core::progress::NoProgress;
+use otaflash_core::{Error, Result};
+use otaflash_diff::{DiffOptions, diff};
+
+/// Deterministic pseudo-random bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// An "old" firmware-like image and a "new" one with inserts, deletes,
+/// changed words and moved code.
+fn pair(len: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let old: Vec<u8> = noise(len / 4, seed)
+        .iter()
+        .flat_map(|b| [*b, b.wrapping_mul(3), 0, *b & 0xF0])
+        .collect();
+    let mut new = old.clone();
+    let n = new.len();
+    new.splice(n / 3..n / 3, noise(300, seed + 1));
+    new.drain(n / 2..n / 2 + 200);
+    for i in (0..new.len()).step_by(997) {
+        new[i] = new[i].wrapping_add(4);
+    }
+    new.extend_from_slice(&noise(500, seed + 2));
+    (old, new)
+}
+
+fn small_opts() -> DiffOptions {
+    DiffOptions {
+        block_size: 4096,
+        frame_size: 16384,
+        window_log: 16,
+        threads: 2,
+        ..DiffOptions::default()
+    }
+}
+
+fn apply_chunked(old: &[u8], patch: &[u8], chunk: usize) -> Result<Vec<u8>> {
+    let mut applier = Applier::new(old, Vec::new(), ApplyOptions::default());
+    for piece in patch.chunks(chunk.max(1)) {
+        applier.feed(piece)?;
+    }
+    applier.finish()?;
+    Ok(applier.into_parts().1)
+}
+
+#[test]
+fn round_trip_in_any_chunking() {
+    let (old, new) = pair(200_000, 1);
+    for opts in [
+        small_opts(),
+        DiffOptions::default(),
+        DiffOptions {
+            compression: Compression::None,
+            ..small_opts()
+        },
+    ] {
+        let patch = diff(&old, &new, &opts).unwrap();
+        if opts.compression == Compression::Zstd {
+            assert!(patch.len() < new.len() / 10, "patch {} bytes", patch.len());
+        }
+        for chunk in [1, 7, 100, 4096, 65_537, patch.len()] {
+            assert_eq!(
+                apply_chunked(&old, &patch, chunk).unwrap(),
+                new,
+                "chunk {chunk}"
+            );
+        }
+    }
+}
+
+#[test]
+fn edge_sizes_round_trip() {
+    let cases: Vec<(Vec<u8>, Vec<u8>)> = vec![
+        (vec![], vec![]),
+        (vec![], noise(5000, 3)),
+        (noise(5000, 4), vec![]),
+        (vec![7], vec![7]),
+        (noise(4096, 5), noise(4096, 5)),
+        (noise(10_000, 6), noise(10_000, 7)),
+        (vec![0; 50_000], vec![0; 60_000]),
+    ];
+    for (old, new) in cases {
+        let patch = diff(&old, &new, &small_opts()).unwrap();
+        assert_eq!(apply_chunked(&old, &patch, 333).unwrap(), new);
+    }
+}
+
+#[test]
+fn wrong_old_image_is_refused_before_anything_is_written() {
+    let (old, new) = pair(50_000, 2);
+    let patch = diff(&old, &new, &small_opts()).unwrap();
+    let mut other = old.clone();
+    other[100] ^= 1;
+    let mut applier = Applier::new(other.as_slice(), Vec::new(), ApplyOptions::default());
+    let err = applier.feed(&patch).unwrap_err();
+    assert!(matches!(err, Error::PatchWrongOld { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("this patch needs old image sha256 "),
+        "{err}"
+    );
+    assert!(
+        applier.into_parts().1.is_empty(),
+        "bytes were written before the refusal"
+    );
+    let short = &old[..1000];
+    let err = apply_chunked(short, &patch, 4096).unwrap_err();
+    assert!(
+        err.to_string().contains("the device has 1000 bytes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_truncation_is_an_error() {
+    let (old, new) = pair(20_000, 3);
+    let patch = diff(&old, &new, &small_opts()).unwrap();
+    for len in 0..patch.len() {
+        let err = apply_chunked(&old, &patch[..len], 1000).unwrap_err();
+        assert!(
+            matches!(err, Error::PatchCorrupt(_) | Error::PatchForeign(_)),
+            "length {len}: {err}"
+        );
+    }
+    let mut longer = patch.clone();
+    longer.push(0);
+    assert!(apply_chunked(&old, &longer, 1000).is_err());
+}
+
+#[test]
+fn every_single_bit_flip_is_an_error() {
+    let (old, new) = pair(12_000, 4);
+    let patch = diff(&old, &new, &small_opts()).unwrap();
+    for bit in 0..patch.len() * 8 {
+        let mut bad = patch.clone();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        assert!(
+            apply_chunked(&old, &bad, 512).is_err(),
+            "flip of bit {bit} went unnoticed"
+        );
+    }
+}
+
+fn reencode(patch: &[u8], edit: impl FnOnce(&mut Header)) -> Vec<u8> {
+    let mut header = Header::decode(patch).unwrap();
+    edit(&mut header);
+    let mut out = header.encode().to_vec();
+    out.extend_from_slice(&patch[HEADER_LEN..]);
+    out
+}
+
+#[test]
+fn lying_headers_are_refused() {
+    let (old, new) = pair(30_000, 5);
+    let patch = diff(&old, &new, &small_opts()).unwrap();
+    // Output larger than declared: the frames make more than new_size.
+    let err = apply_chunked(&old, &reencode(&patch, |h| h.new_size -= 1000), 999).unwrap_err();
+    assert!(err.to_string().contains("remain"), "{err}");
+    let err = Header::decode(&reencode(&patch, |h| h.old_size = 1 << 50)).unwrap_err();
+    assert!(err.to_string().contains("absurd"), "{err}");
+    let err = Header::decode(&reencode(&patch, |h| h.block_size = u32::MAX)).unwrap_err();
+    assert!(err.to_string().contains("block size"), "{err}");
+    let err = apply_chunked(&old, b"\x28\xb5\x2f\xfd0000000000", 10).unwrap_err();
+    assert!(err.to_string().contains("zstd"), "{err}");
+}
+
+#[test]
+fn working_set_is_bounded_and_enforced() {
+    let (old, new) = pair(100_000, 6);
+    let opts = DiffOptions {
+        block_size: 4096,
+        window_log: 12,
+        frame_size: 16384,
+        ..DiffOptions::default()
+    };
+    let patch = diff(&old, &new, &opts).unwrap();
+    let tight = ApplyOptions {
+        max_working_set: 600 << 10,
+        read_cache: 4096,
+        ..ApplyOptions::default()
+    };
+    let mut applier = Applier::new(old.as_slice(), Vec::new(), tight.clone());
+    applier.feed(&patch).unwrap();
+    assert!(applier.working_set().unwrap() <= 600 << 10);
+    applier.finish().unwrap();
+    let raw = diff(
+        &old,
+        &new,
+        &DiffOptions {
+            compression: Compression::None,
+            ..opts
+        },
+    )
+    .unwrap();
+    let tiny = ApplyOptions {
+        max_working_set: 96 << 10,
+        read_cache: 4096,
+        ..ApplyOptions::default()
+    };
+    let mut applier = Applier::new(old.as_slice(), Vec::new(), tiny.clone());
+    applier.feed(&raw).unwrap();
+    applier.finish().unwrap();
+    assert_eq!(applier.into_parts().1, new);
+    let big = diff(&old, &new, &DiffOptions::default()).unwrap();
+    let err = Applier::new(old.as_slice(), Vec::new(), tiny)
+        .feed(&big)
+        .unwrap_err();
+    assert!(err.to_string().contains("working memory"), "{err}");
+}
+
+#[test]
+fn resume_from_any_checkpoint_gives_identical_output() {
+    let (old, new) = pair(150_000, 7);
+    let patch = diff(&old, &new, &small_opts()).unwrap();
+    let mut seen = 0;
+    for cut in (0..patch.len()).step_by(patch.len() / 37 + 1) {
+        let mut applier = Applier::new(old.as_slice(), Vec::new(), ApplyOptions::default());
+        applier.feed(&patch[..cut]).ok();
+        let Some(cp) = applier.checkpoint() else {
+            continue;
+        };
+        let (_, written) = applier.into_parts();
+        // Power cut: the sink keeps what it had durably at the checkpoint.
+        let kept = written[..cp.output_offset as usize].to_vec();
+        let mut resumed = Applier::resume(
+            old.as_slice(),
+            kept,
+            &cp.to_bytes(),
+            ApplyOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(resumed.patch_offset(), cp.patch_offset);
+        for piece in patch[cp.patch_offset as usize..].chunks(777) {
+            resumed.feed(piece).unwrap();
+        }
+        resumed.finish().unwrap();
+        assert_eq!(resumed.into_parts().1, new, "cut at {cut}");
+        seen += 1;
+    }
+    assert!(seen > 10);
+    let mut bad = Applier::new(old.as_slice(), Vec::new(), ApplyOptions::default());
+    bad.feed(&patch[..patch.len() / 2]).unwrap();
+    let mut bytes = bad.checkpoint().unwrap().to_bytes();
+    bytes[40] ^= 1;
+    assert!(Applier::resume(old.as_slice(), Vec::new(), &bytes, ApplyOptions::default()).is_err());
+}
+
+/// A simulated single-slot flash that loses power on a chosen operation.
+#[derive(Clone)]
+struct MemSlot {
+    mem: Vec<u8>,
+    block: u64,
+    steps: HashMap<[u8; 32], u64>,
+    ops: u64,
+    cut_at: Option<u64>,
+    /// When the cut hits record_steps: true = the record made it to flash.
+    record_survives: bool,
+}
+
+impl ReadAt for MemSlot {
+    fn size(&self) -> u64 {
+        self.mem.len() as u64
+    }
+
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        (&self.mem[..]).read_exact_at(offset, buf)
+    }
+}
+
+impl MemSlot {
+    fn tick(&mut self) -> bool {
+        self.ops += 1;
+        self.cut_at == Some(self.ops)
+    }
+}
+
+fn power_cut() -> Error {
+    Error::InvalidArgument("power cut".into())
+}
+
+impl InPlaceTarget for MemSlot {
+    fn block_size(&self) -> u64 {
+        self.block
+    }
+
+    fn replace_block(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        assert_eq!(offset % self.block, 0);
+        assert!(data.len() as u64 <= self.block);
+        let at = offset as usize;
+        let cut = self.tick();
+        // Erase, then program; a cut leaves the block half programmed.
+        self.mem[at..at + self.block as usize].fill(0xFF);
+        if cut {
+            let half = data.len() / 2;
+            self.mem[at..at + half].copy_from_slice(&data[..half]);
+            return Err(power_cut());
+        }
+        self.mem[at..at + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn completed_steps(&mut self, update_id: &[u8; 32]) -> Result<u64> {
+        Ok(self.steps.get(update_id).copied().unwrap_or(0))
+    }
+
+    fn record_steps(&mut self, update_id: &[u8; 32], count: u64) -> Result<()> {
+        if self.tick() {
+            if self.record_survives {
+                self.steps.insert(*update_id, count);
+            }
+            return Err(power_cut());
+        }
+        self.steps.insert(*update_id, count);
+        Ok(())
+    }
+}
+
+fn slot_with(old: &[u8], size: usize, block: u64) -> MemSlot {
+    let mut mem = vec![0xFF; size];
+    mem[..old.len()].copy_from_slice(old);
+    MemSlot {
+        mem,
+        block,
+        steps: HashMap::new(),
+        ops: 0,
+        cut_at: None,
+        record_survives: false,
+    }
+}
+
+#[test]
+fn in_place_survives_a_power_cut_at_every_operation() {
+    let (old, new) = pair(40_000, 8);
+    let block = 4096u32;
+    let opts = DiffOptions {
+        frame_size: 8192,
+        window_log: 14,
+        ..DiffOptions::in_place(block, None)
+    };
+    let patch = diff(&old, &new, &opts).unwrap();
+    let header = Header::decode(&patch).unwrap();
+    let slot_size = header.slot_size as usize;
+    let options = ApplyOptions::default();
+
+    let mut clean = slot_with(&old, slot_size, block.into());
+    apply_in_place(&mut clean, &mut patch.as_slice(), &options, &mut NoProgress).unwrap();
+    assert_eq!(&clean.mem[..new.len()], &new[..]);
+    let total_ops = clean.ops;
+    assert!(total_ops > 20);
+
+    for survives in [false, true] {
+        for cut in 1..=total_ops {
+            let mut slot = slot_with(&old, slot_size, block.into());
+            slot.cut_at = Some(cut);
+            slot.record_survives = survives;
+            let err = apply_in_place(&mut slot, &mut patch.as_slice(), &options, &mut NoProgress)
+                .unwrap_err();
+            assert_eq!(err.to_string(), "power cut");
+            // Reboot, and a second cut during the resume for good measure.
+            slot.ops = 0;
+            slot.cut_at = Some(cut % 5 + 1);
+            let _ = apply_in_place(&mut slot, &mut patch.as_slice(), &options, &mut NoProgress);
+            slot.cut_at = None;
+            apply_in_place(&mut slot, &mut patch.as_slice(), &options, &mut NoProgress)
+                .unwrap_or_else(|e| panic!("cut at op {cut} (record survives: {survives}): {e}"));
+            assert_eq!(&slot.mem[..new.len()], &new[..], "cut at op {cut}");
+        }
+    }
+}
+
+#[test]
+fn in_place_refuses_bad_patches_and_wrong_slots_before_writing() {
+    let (old, new) = pair(20_000, 9);
+    let opts = DiffOptions::in_place(4096, None);
+    let patch = diff(&old, &new, &opts).unwrap();
+    let header = Header::decode(&patch).unwrap();
+    let slot_size = header.slot_size as usize;
+    let pristine = slot_with(&old, slot_size, 4096);
+    let options = ApplyOptions::default();
+    for bit in (0..patch.len() * 8).step_by(7) {
+        let mut bad = patch.clone();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        let mut slot = pristine.clone();
+        assert!(apply_in_place(&mut slot, &mut bad.as_slice(), &options, &mut NoProgress).is_err());
+        assert_eq!(slot.mem, pristine.mem, "bit {bit}: the slot was touched");
+    }
+    let mut wrong = slot_with(&new, slot_size, 4096);
+    let err =
+        apply_in_place(&mut wrong, &mut patch.as_slice(), &options, &mut NoProgress).unwrap_err();
+    assert!(matches!(err, Error::PatchWrongOld { .. }), "{err}");
+    let mut other_block = slot_with(&old, slot_size, 8192);
+    assert!(
+        apply_in_place(
+            &mut other_block,
+            &mut patch.as_slice(),
+            &options,
+            &mut NoProgress
+        )
+        .is_err()
+    );
+    let seq = diff(&old, &new, &small_opts()).unwrap();
+    let mut slot = pristine.clone();
+    assert!(apply_in_place(&mut slot, &mut seq.as_slice(), &options, &mut NoProgress).is_err());
+}
