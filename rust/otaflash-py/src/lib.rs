@@ -20,6 +20,8 @@ mod _core {
 
     #[pymodule_export]
     use super::delta::{Applier, apply_file, checkpoint_offsets, diff, patch_info};
+
+    #[pymodule_export]
     use super::flash::FlashTarget;
 
     #[pymodule_init]
