@@ -203,7 +203,7 @@ def test_interrupted_updates_resume_through_the_boot_hook(tmp_path: Path) -> Non
         state = target.info().slots
         assert state is not None
         assert state.next["action"] == "resume"
-        with pytest.raises(errors.SlotError, match="give that image"):
+        with pytest.raises(errors.SlotError, match="holds neither image; finish it"):
             target.boot()
         with pytest.raises(errors.SlotError, match="not the image"):
             target.boot(_image(tmp_path / "other.bin", 400_000, 12))

@@ -9,8 +9,11 @@ __all__ = [
     "Applier",
     "FlashTarget",
     "Hasher",
+    "InstallSession",
     "__version__",
     "apply_file",
+    "apply_patch_in_place",
+    "begin_install",
     "checkpoint_offsets",
     "diff",
     "hash_file",
@@ -116,3 +119,25 @@ class Applier:
     def output_offset(self) -> int: ...
     @property
     def working_set(self) -> int | None: ...
+
+@final
+class InstallSession:
+    def write(self, data: Buffer) -> None: ...
+    def finish(self) -> dict[str, Any]: ...
+    def abort(self) -> None: ...
+    @property
+    def layout(self) -> str: ...
+
+def begin_install(
+    target: FlashTarget,
+    size: int,
+    sha256: str,
+    layout: str = "ab",
+    patch: bool = False,
+    progress: _Progress | None = None,
+    skip_blank: bool = True,
+    skip_unchanged: bool = True,
+) -> InstallSession: ...
+def apply_patch_in_place(
+    target: FlashTarget, patch: str, progress: _Progress | None = None
+) -> dict[str, Any]: ...

@@ -43,11 +43,16 @@ from otaflash import _core
 from otaflash.errors import InputError
 
 if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
     from otaflash.progress import ProgressCallback
 
 __all__ = [
     "BootResult",
     "Geometry",
+    "InPlaceResult",
+    "InstallResult",
+    "InstallSession",
     "Layout",
     "SlotState",
     "Target",
@@ -228,6 +233,43 @@ class Target:
         """The running A/B image is good: its trial becomes the active slot."""
         return self._core.confirm()
 
+    def begin_install(
+        self,
+        size: int,
+        sha256: str,
+        *,
+        layout: Literal["ab", "raw"] = "ab",
+        patch: bool = False,
+        progress: ProgressCallback | None = None,
+        skip_blank: bool = True,
+        skip_unchanged: bool = True,
+    ) -> InstallSession:
+        """Starts a streaming install of an image of ``size`` bytes with that
+        SHA-256: feed it with :meth:`InstallSession.write` as the bytes arrive
+        (a download), then :meth:`InstallSession.finish`. With ``patch``, the
+        bytes are a sequential patch from the active slot's image to the new
+        one (``ab`` layout only), applied on the way in."""
+        return InstallSession(
+            _core.begin_install(
+                self._core, size, sha256, layout, patch, progress, skip_blank, skip_unchanged
+            )
+        )
+
+    def apply_in_place(
+        self, patch: str | os.PathLike[str], *, progress: ProgressCallback | None = None
+    ) -> InPlaceResult:
+        """Applies an in-place patch file to the single slot (the layout is
+        created on a device without one), or finishes it after a power cut:
+        run it again with the same patch. The patch is checked whole and the
+        slot's old image against it before the first block is replaced."""
+        raw = _core.apply_patch_in_place(self._core, os.fspath(patch), progress)
+        return InPlaceResult(
+            size=raw["size"],
+            sha256=raw["sha256"],
+            steps=raw["steps"],
+            resumed_from=raw["resumed_from"],
+        )
+
     def cancel(self) -> None:
         self._core.cancel()
 
@@ -244,6 +286,67 @@ class Target:
 
     def __repr__(self) -> str:
         return f"Target({self.uri!r})"
+
+
+@dataclass(frozen=True)
+class InPlaceResult:
+    size: int
+    sha256: str
+    steps: int
+    """Block replacements the update takes in all."""
+    resumed_from: int
+    """Steps already done before this run (0 for a fresh start)."""
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    layout: str
+    slot: int | None
+    """The slot now on trial (``ab``), None for ``raw``."""
+    size: int
+    sha256: str
+    """SHA-256 of the bytes written, read back from the flash."""
+    blocks: int
+    blocks_unchanged: int
+    erases: int
+    erases_skipped: int
+    bytes_programmed: int
+
+
+class InstallSession:
+    """A streaming install under way (see :meth:`Target.begin_install`).
+
+    Bytes are queued to a native thread that writes (or patches) as they
+    come; an error there surfaces from the next :meth:`write` or from
+    :meth:`finish`. :meth:`abort` stops it; the running image is never
+    touched.
+    """
+
+    def __init__(self, session: _core.InstallSession) -> None:
+        self._session = session
+
+    def write(self, data: Buffer) -> None:
+        self._session.write(data)
+
+    def finish(self) -> InstallResult:
+        """Finishes, reads the image back and checks its SHA-256 (``ab``:
+        then switches to a trial of the new slot); raises
+        :class:`~otaflash.errors.VerifyError` if it differs."""
+        raw = self._session.finish()
+        return InstallResult(
+            layout=raw["layout"],
+            slot=raw["slot"],
+            size=raw["size"],
+            sha256=raw["sha256"],
+            blocks=raw["blocks"],
+            blocks_unchanged=raw["blocks_unchanged"],
+            erases=raw["erases"],
+            erases_skipped=raw["erases_skipped"],
+            bytes_programmed=raw["bytes_programmed"],
+        )
+
+    def abort(self) -> None:
+        self._session.abort()
 
 
 def open_target(uri: str) -> Target:

@@ -35,6 +35,7 @@ from otaflash.client import FROM_DEVICE_QUERY, Offer, OtaClient
 from otaflash.download import CancelFlag, DownloadResult, download
 from otaflash.errors import (
     Cancelled,
+    CorruptPatchError,
     DownloadError,
     FlashError,
     OtaflashError,
@@ -54,7 +55,9 @@ VERIFY_STEP = 95
 
 def failure_step(error: BaseException) -> int:
     """The Alibaba step code for an error that stopped an update."""
-    if isinstance(error, VerifyError):
+    # A patch that fails its own checksums was damaged on the way: Alibaba's
+    # CHECKSUM_MISMATCH (-3), like a digest mismatch of the download.
+    if isinstance(error, VerifyError | CorruptPatchError):
         return STEP_VERIFY_FAILED
     if isinstance(error, DownloadError):
         return STEP_DOWNLOAD_FAILED
@@ -174,7 +177,7 @@ def run_update(
     started = time.monotonic()
     from_version = client.version
     if offer is None:
-        client.accept_delta = client.accept_delta and targets.delta_available()
+        client.accept_delta = client.accept_delta and target.accepts_delta
         offer = client.query_update(FROM_DEVICE_QUERY)
     timings["check"] = time.monotonic() - started
     if offer is None:
@@ -236,26 +239,18 @@ def _install(
         if total:
             reporter.step(1 + (DOWNLOAD_LAST_STEP - 1) * done // total, "downloading")
 
-    writer = target.begin(image_size)
-    old_image: targets.ImageReader | None = None
+    writer = target.begin(image_size, image_sha256, patch=offer.is_diff, progress=progress)
     try:
-        sink: targets.PatchSink | targets.ImageWriter = writer
-        if offer.is_diff:
-            old_image = target.current_image()
-            if old_image is None:
-                raise FlashError(f"{target.uri} has no current image for the delta to apply to")
-            sink = targets.delta_applier()(old_image, writer)
         mark = time.monotonic()
         result.download = download(
             offer.url,
-            sink.write,
+            writer.write,
             offer.expected(),
             cancel=cancel,
             progress=on_download,
             cache_dir=cache_dir,
             **download_options,
         )
-        sink.finish()
         writer.finish()
         timings["download"] = time.monotonic() - mark
         reporter.step(VERIFY_STEP, "verifying", force=True)
@@ -269,9 +264,6 @@ def _install(
     except BaseException:
         writer.abort()
         raise
-    finally:
-        if old_image is not None:
-            old_image.close()
     reporter.step(100, f"updated to {offer.version}")
 
 

@@ -27,7 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--target",
         required=True,
         metavar="URI",
-        help="where the image goes: file:PATH (this build); sim:, mtd: come with the flash layer",
+        help="where the image goes: file:PATH, mtd:/dev/mtdN or sim:PATH?... (see otaflash flash)",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=("ab", "inplace", "raw"),
+        default="ab",
+        help="flash targets: ab (inactive slot, then a trial boot; default; takes deltas), "
+        "inplace (single slot, journalled, full images), raw (whole device, full images)",
     )
     parser.add_argument(
         "--yes", "-y", action="store_true", help="install an optional update without asking"
@@ -52,7 +59,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     from otaflash.progress import ProgressBars
     from otaflash.update import run_update
 
-    target = targets.open_target(args.target)
+    target = targets.open_target(args.target, layout=args.layout)
     client = make_client(args)
 
     def confirm(offer: Offer) -> bool:

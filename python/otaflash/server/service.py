@@ -7,31 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from otaflash import versions
+from otaflash import delta, versions
 from otaflash.errors import InputError, OtaflashError
 from otaflash.server import rules
 from otaflash.server.store import BlobStore, Store
 
 __all__ = [
     "Conflict",
-    "DeltaMaker",
     "NotFound",
     "Unavailable",
     "UpdateService",
-    "register_delta_maker",
 ]
-
-#: ``maker(old_image, new_image, patch_out)``: writes a patch that turns the file
-#: ``old_image`` into ``new_image``. The delta engine registers one; until then a
-#: publish that asks for ``makeDeltasFrom`` is refused (503) with a clear message.
-DeltaMaker = Callable[[Path, Path, Path], None]
-_delta_maker: DeltaMaker | None = None
-
-
-def register_delta_maker(maker: DeltaMaker | None) -> None:
-    global _delta_maker  # noqa: PLW0603 - the one hook the delta engine fills
-    _delta_maker = maker
-
 
 #: Sources of an update notice, as in Tencent Xiaowei's on_ota_result.
 FROM_SCHEDULED, FROM_APP, FROM_SERVER_PUSH, FROM_DEVICE_QUERY = 0, 1, 2, 3
@@ -108,13 +94,8 @@ class UpdateService:
         )
 
     def make_delta(self, product_key: str, module: str, source: str, new_sha256: str) -> str:
-        """Makes and stores the delta from published ``source`` to the uploaded image;
-        returns the patch's SHA-256."""
-        if _delta_maker is None:
-            raise Unavailable(
-                "this server cannot make deltas: the delta engine is not built in; "
-                "make them with the delta tool and upload them as deltas"
-            )
+        """Makes (with the delta engine) and stores the delta from published
+        ``source`` to the uploaded image; returns the patch's SHA-256."""
         versions.validate_version(source)
         old = next(
             (p for p in self.store.list_packages(product_key, module) if p.version == source),
@@ -130,7 +111,7 @@ class UpdateService:
             raise NotFound(f"no uploaded file has SHA-256 {new_sha256}")
         out = self.blobs.directory / f".delta-{old.full.blob.sha256[:16]}-{new_sha256[:16]}"
         try:
-            _delta_maker(self.blobs.path(old.full.blob.sha256), new_path, out)
+            delta.diff(self.blobs.path(old.full.blob.sha256), new_path, out)
             blob = self.blobs.adopt(out)
         finally:
             out.unlink(missing_ok=True)

@@ -37,18 +37,18 @@ impl std::fmt::Debug for FlashTarget {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl FlashTarget {
-    fn lock(&self) -> MutexGuard<'_, Device> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Device> {
         // A panic mid-operation leaves the device as the flash would be after a
         // power cut; the layouts are built to be reopened from exactly that.
         self.device.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn fresh_cancel(&self) -> CancelToken {
+    pub(crate) fn fresh_cancel(&self) -> CancelToken {
         let token = CancelToken::new();
         *self.cancel.lock().unwrap_or_else(PoisonError::into_inner) = token.clone();
         token
@@ -87,7 +87,10 @@ fn copy_into(source: &mut dyn ReadAt, sink: &mut dyn ImageSink) -> otaflash_core
     sink.finish()
 }
 
-fn report_dict<'py>(py: Python<'py>, report: &WriteReport) -> PyResult<Bound<'py, PyDict>> {
+pub(crate) fn report_dict<'py>(
+    py: Python<'py>,
+    report: &WriteReport,
+) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("size", report.bytes)?;
     d.set_item("sha256", hex(&report.sha256))?;
@@ -404,10 +407,16 @@ impl FlashTarget {
                 | NextAction::ResumeInPlace { image: pending, .. } => Some(pending),
                 _ => None,
             };
-            if let Some(pending) = pending {
+            // An interrupted A/B install left the active slot intact: without
+            // its image, boot that and leave the install for later. An
+            // interrupted in-place update left the slot holding neither image:
+            // it must be finished before anything can boot.
+            let in_place = matches!(before, NextAction::ResumeInPlace { .. });
+            if let Some(pending) = pending.filter(|_| image.is_some() || in_place) {
                 let Some(path) = &image else {
                     return Err(otaflash_core::Error::Slot(format!(
-                        "an update to an image of {pending} was interrupted; give that image to resume it"
+                        "an in-place update to an image of {pending} was interrupted and the slot holds neither image; \
+                         finish it with the image (--image) or the patch (--patch) it was applying"
                     )));
                 };
                 let (mut source, info) = open_image(path)?;

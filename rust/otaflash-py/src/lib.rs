@@ -7,6 +7,7 @@ mod delta;
 mod errors;
 mod flash;
 mod hash;
+mod install;
 mod progress;
 
 use pyo3::prelude::*;
@@ -23,6 +24,9 @@ mod _core {
 
     #[pymodule_export]
     use super::flash::FlashTarget;
+
+    #[pymodule_export]
+    use super::install::{InstallSession, apply_patch_in_place, begin_install};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
