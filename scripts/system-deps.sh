@@ -15,6 +15,13 @@ requirements=(
     "- busybox-static"
     "- kmod"
     "flashcp mtd-utils"
+    # The update service's peers: a real MQTT broker for the Alibaba IoT topics,
+    # the load generator and reference file server of its benchmarks, and
+    # PostgreSQL, the server's storage for fleets.
+    "- mosquitto"
+    "wrk wrk"
+    "- nginx-light"
+    "- postgresql"
 )
 
 missing=()

@@ -22,7 +22,19 @@ from otaflash.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, OtaflashEr
 __all__ = ["main"]
 
 #: Verb modules, in the order `otaflash --help` lists them.
-VERBS: tuple[str, ...] = ("hash", "flash", "verify", "info", "slot")
+VERBS: tuple[str, ...] = (
+    "hash",
+    "flash",
+    "verify",
+    "info",
+    "slot",
+    "update",
+    "check",
+    "watch",
+    "serve",
+    "publish",
+    "packages",
+)
 
 EPILOG = """\
 exit codes: 0 ok, 1 failed, 2 bad command line, 3 unusable input, 4 verify
