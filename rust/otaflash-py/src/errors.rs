@@ -19,6 +19,7 @@ pyo3::import_exception!(otaflash.errors, FlashError);
 pyo3::import_exception!(otaflash.errors, GeometryError);
 pyo3::import_exception!(otaflash.errors, TargetError);
 pyo3::import_exception!(otaflash.errors, SlotError);
+pyo3::import_exception!(otaflash.errors, DfuFileError);
 
 /// A core error on its way to Python; also wraps a `PyErr` raised inside a
 /// callback so it comes back out unchanged.
@@ -74,6 +75,7 @@ impl From<OtaError> for PyErr {
             Error::Geometry(_) => GeometryError::new_err(message),
             Error::Target { target, .. } => TargetError::new_err((message, target)),
             Error::Slot(_) => SlotError::new_err(message),
+            Error::DfuFile { file, .. } => DfuFileError::new_err((message, file)),
             Error::Callback(inner) => match inner.downcast::<PyErr>() {
                 Ok(py_err) => *py_err,
                 Err(other) => PyRuntimeError::new_err(other.to_string()),

@@ -3,6 +3,7 @@
 //! else. Users import from `otaflash.*`, never from here.
 
 mod buffer;
+mod dfu;
 mod errors;
 mod flash;
 mod hash;
@@ -19,6 +20,12 @@ mod _core {
 
     #[pymodule_export]
     use super::flash::FlashTarget;
+
+    #[pymodule_export]
+    use super::dfu::{
+        FlashBlocks, dfu_add_suffix, dfu_crc, dfu_file_info, dfuse_erase_plan, dfuse_file_build,
+        dfuse_file_parse, dfuse_layout,
+    };
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
