@@ -34,6 +34,7 @@ VERBS: tuple[str, ...] = (
     "serve",
     "publish",
     "packages",
+    "list_usb",
 )
 
 EPILOG = """\

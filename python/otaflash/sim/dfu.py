@@ -444,7 +444,9 @@ class EmulatedDfuDevice:
     def _program(self, payload: tuple[int, bytes]) -> StatusCode:
         block, data = payload
         if self.dfuse:
-            address = self.pointer + (block - 2) * len(data)
+            # ST's loader places block n at pointer + (n - 2) * its own wTransferSize
+            # (USBD_DFU_XFER_SIZE), whatever the request's length: dfu-util relies on it.
+            address = self.pointer + (block - 2) * self.transfer_size
         else:
             address = self.download_offset
         region = self._region(address, len(data))
@@ -491,7 +493,7 @@ class EmulatedDfuDevice:
                 return bytes([0x00, 0x21, 0x41, 0x92])[:length]
             if block == 1:
                 raise self._stall()
-            address = self.pointer + (block - 2) * length
+            address = self.pointer + (block - 2) * self.transfer_size
             region = self._region(address, length)
             if region is None:
                 raise self._stall()

@@ -22,6 +22,7 @@ from otaflash.usb.protocol import (
 
 __all__ = [
     "AltSetting",
+    "set_default_backend",
     "DfuDeviceInfo",
     "Selector",
     "find_dfu_devices",
@@ -215,8 +216,24 @@ def _backend_error(exc: BaseException) -> UsbError:
     )
 
 
+#: The pyusb backend used when a function is given none (None: libusb).
+_default_backend: Any = None
+
+
+def set_default_backend(backend: Any) -> Any:
+    """Makes ``backend`` (a pyusb backend, e.g. an emulated bus) the one
+    every otaflash USB function uses unless given another; returns the
+    previous one. ``None`` goes back to libusb."""
+    global _default_backend  # noqa: PLW0603 (one process-wide setting, like pyusb's own)
+    previous, _default_backend = _default_backend, backend
+    return previous
+
+
 def _enumerate(backend: Any) -> Iterator[Any]:
     import usb.core
+
+    if backend is None:
+        backend = _default_backend
 
     try:
         yield from usb.core.find(find_all=True, backend=backend)
@@ -250,6 +267,20 @@ def _functional(extra: Any) -> FunctionalDescriptor | None:
     return None
 
 
+def _access_error(device: Any, exc: BaseException) -> str:
+    """Why strings could not be read. pyusb turns "no permission" into "no
+    langid" (a ValueError); asking for the langids again gives the real cause."""
+    import usb.util
+
+    if isinstance(exc, ValueError):
+        try:
+            usb.util.get_langids(device)
+        except OSError as real:
+            exc = real
+    error = usb_error(exc, "reading its strings")
+    return f"{error} ({error.hint})" if isinstance(error, UsbPermissionError) else str(error)
+
+
 def _describe(device: Any) -> DfuDeviceInfo | None:
     """The device's DFU interface, or None when it has none."""
     try:
@@ -280,7 +311,7 @@ def _describe(device: Any) -> DfuDeviceInfo | None:
             for intf in alts_raw:
                 names[intf.bAlternateSetting] = _string(device, intf.iInterface)
         except (ValueError, OSError) as exc:  # USBError is an OSError
-            access_error = str(usb_error(exc, "reading its strings"))
+            access_error = _access_error(device, exc)
         alts = []
         for intf in alts_raw:
             name = names.get(intf.bAlternateSetting)

@@ -85,6 +85,7 @@ class DfuDevice:
                 "unknown: give --transfer-size (dfu-util's -t)"
             )
         self.transfer_size = size
+        self.device_transfer_size = fd.transfer_size if fd else None
         self.dfuse = fd.is_dfuse if fd else alt.layout is not None
         self.can_upload = fd.can_upload if fd else True
         self.manifestation_tolerant = fd.manifestation_tolerant if fd else False
@@ -333,11 +334,13 @@ class DfuDevice:
             self._block += 1
             return
         what = f"writing {len(data)} bytes at {address:#010x}"
-        # DfuSe: block n lands at pointer + (n - 2) * wLength (AN3156), so
-        # full blocks follow one pointer; a short or out-of-sequence block
-        # moves the pointer first.
+        # DfuSe: block n lands at pointer + (n - 2) * wTransferSize (AN3156;
+        # ST's loader uses its own transfer size), so full blocks follow one
+        # pointer; a short or out-of-sequence block, or a transfer size other
+        # than the device's, moves the pointer first (as dfu-util always does).
         in_sequence = (
             len(data) == ts
+            and ts == self.device_transfer_size
             and self._block < 0xFFFD
             and self._pointer is not None
             and address == self._pointer + self._block * ts
@@ -390,7 +393,7 @@ class DfuDevice:
         while got < length:
             at = address + got
             size = min(ts, length - got)
-            if size < ts or got == 0:
+            if size < ts or got == 0 or ts != self.device_transfer_size:
                 self.set_address(at)
                 self.abort()  # DfuSe uploads start from dfuIDLE
                 block = 0
