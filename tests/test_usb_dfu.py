@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from .usbkit import BASE, default_bus, flash_bytes, make_device
 
 from otaflash.cli import main
 from otaflash.errors import (
@@ -31,6 +30,8 @@ from otaflash.sim.usb_backend import EmulatedBackend
 from otaflash.usb import flash_file, list_dfu_devices, parse_selector
 from otaflash.usb.files import add_suffix, write_dfuse
 from otaflash.usb.protocol import IN, OUT, Request, State, Status, StatusCode
+
+from .usbkit import BASE, default_bus, flash_bytes, make_device
 
 
 def image(tmp_path: Path, size: int, name: str = "fw.bin", seed: int = 1) -> Path:
@@ -81,7 +82,8 @@ def test_serial_and_path_pick_one_of_two_devices_and_ambiguity_is_an_error(
     with pytest.raises(DeviceNotFoundError, match="2 DFU devices match"):
         flash_file("0483:df11", str(fw), backend=bus)
     result = flash_file("0483:df11,serial=BBB", str(fw), backend=bus)
-    assert result.serial == "BBB" and result.verified
+    assert result.serial == "BBB"
+    assert result.verified
     assert flash_bytes(two, BASE, 3000) == fw.read_bytes()
     assert flash_bytes(one, BASE, 4) == b"\xff" * 4
     assert flash_file("0483:df11,path=1-1", str(fw), backend=bus).serial == "AAA"
@@ -93,13 +95,20 @@ def test_serial_and_path_pick_one_of_two_devices_and_ambiguity_is_an_error(
 
 
 def test_raw_image_is_erased_written_and_read_back(tmp_path: Path) -> None:
-    device = make_device(tmp_path, faults=Faults(program_poll_ms=1, erase_poll_ms=3), strict_timing=True)
+    device = make_device(
+        tmp_path, faults=Faults(program_poll_ms=1, erase_poll_ms=3), strict_timing=True
+    )
     fw = image(tmp_path, 50_000)
     progress: list[tuple[str, int, int | None]] = []
     result = flash_file(
-        "0483:df11", str(fw), backend=EmulatedBackend(device), progress=lambda *a: progress.append(a)
+        "0483:df11",
+        str(fw),
+        backend=EmulatedBackend(device),
+        progress=lambda *a: progress.append(a),
     )
-    assert result.verified and result.protocol == "dfuse" and result.format == "raw"
+    assert result.verified
+    assert result.protocol == "dfuse"
+    assert result.format == "raw"
     assert result.elements == [{"address": BASE, "size": 50_000}]
     assert result.erased_bytes == 25 * 2048
     assert flash_bytes(device, BASE, 50_000) == fw.read_bytes()
@@ -126,7 +135,8 @@ def test_a_smaller_transfer_size_than_the_devices_still_lands_right(tmp_path: Pa
     device = make_device(tmp_path)
     fw = image(tmp_path, 10_000)
     result = flash_file("0483:df11", str(fw), backend=EmulatedBackend(device), transfer_size=1024)
-    assert result.transfer_size == 1024 and result.verified
+    assert result.transfer_size == 1024
+    assert result.verified
     assert flash_bytes(device, BASE, 10_000) == fw.read_bytes()
 
 
@@ -137,12 +147,14 @@ def test_address_and_alt_by_name_and_mass_erase_and_leave(tmp_path: Path) -> Non
     result = flash_file(
         "0483:df11", str(fw), backend=bus, address=BASE + 0x4000, alt="@Internal", mass_erase=True
     )
-    assert result.erased_bytes == 128 * 1024 and device.stats.mass_erases == 1
+    assert result.erased_bytes == 128 * 1024
+    assert device.stats.mass_erases == 1
     assert flash_bytes(device, BASE + 0x4000, 5000) == fw.read_bytes()
     opt = tmp_path / "opt.bin"
     opt.write_bytes(bytes(range(16)))
     result = flash_file("0483:df11", str(opt), backend=bus, alt=1)
-    assert result.alt_name.startswith("@Option Bytes") and result.verified
+    assert result.alt_name.startswith("@Option Bytes")
+    assert result.verified
     assert bytes(device.option_bytes) == bytes(range(16))
     result = flash_file("0483:df11", str(fw), backend=bus, leave=True)
     assert result.left
@@ -156,13 +168,21 @@ def test_dfuse_file_with_several_elements_and_targets(tmp_path: Path) -> None:
     path = tmp_path / "app.dfu"
     write_dfuse(
         path,
-        [(0, "Internal Flash", [(BASE, a), (BASE + 0x8000, b)]), (1, "Option Bytes", [(0x1FFFF800, b"\x01" * 16)])],
+        [
+            (0, "Internal Flash", [(BASE, a), (BASE + 0x8000, b)]),
+            (1, "Option Bytes", [(0x1FFFF800, b"\x01" * 16)]),
+        ],
         vendor_id=0x0483,
         product_id=0xDF11,
     )
     result = flash_file("0483:df11", str(path), backend=EmulatedBackend(device))
-    assert result.format == "dfuse" and result.alt == 0 and result.verified
-    assert result.elements == [{"address": BASE, "size": 3000}, {"address": BASE + 0x8000, "size": 700}]
+    assert result.format == "dfuse"
+    assert result.alt == 0
+    assert result.verified
+    assert result.elements == [
+        {"address": BASE, "size": 3000},
+        {"address": BASE + 0x8000, "size": 700},
+    ]
     assert flash_bytes(device, BASE, 3000) == a
     assert flash_bytes(device, BASE + 0x8000, 700) == b
     assert device.stats.erases == 3  # 3000 bytes span two pages, 700 one
@@ -180,10 +200,13 @@ def test_image_larger_than_the_layout_is_refused_before_any_erase(tmp_path: Path
     fw = image(tmp_path, 128 * 1024 + 1)
     with pytest.raises(GeometryError, match="does not fit Internal Flash"):
         flash_file("0483:df11", str(fw), backend=EmulatedBackend(device))
-    assert device.stats.erases == 0 and device.stats.blocks == 0
+    assert device.stats.erases == 0
+    assert device.stats.blocks == 0
     assert device.state == State.dfuIDLE
     with pytest.raises(GeometryError, match="does not fit"):
-        flash_file("0483:df11", str(image(tmp_path, 10)), backend=EmulatedBackend(device), address=BASE - 4)
+        flash_file(
+            "0483:df11", str(image(tmp_path, 10)), backend=EmulatedBackend(device), address=BASE - 4
+        )
 
 
 def test_suffix_for_another_device_and_a_bad_crc_are_refused_untouched(tmp_path: Path) -> None:
@@ -193,7 +216,8 @@ def test_suffix_for_another_device_and_a_bad_crc_are_refused_untouched(tmp_path:
     with pytest.raises(DfuFileError, match="made for USB device 1234:5678") as info:
         flash_file("0483:df11", str(fw), backend=EmulatedBackend(device))
     assert info.value.exit_code == 3
-    assert device.stats.blocks == 0 and device.stats.erases == 0
+    assert device.stats.blocks == 0
+    assert device.stats.erases == 0
     good = image(tmp_path, 4000, "good.bin")
     add_suffix(good, 0x0483, 0xDF11)
     data = bytearray(good.read_bytes())
@@ -211,7 +235,8 @@ def test_a_matching_suffix_is_checked_and_stripped(tmp_path: Path) -> None:
     payload = fw.read_bytes()
     add_suffix(fw, 0x0483, 0xFFFF)  # any product
     result = flash_file("0483:df11", str(fw), backend=EmulatedBackend(device))
-    assert result.format == "suffix" and result.size == 4000
+    assert result.format == "suffix"
+    assert result.size == 4000
     assert flash_bytes(device, BASE, 4016) == payload + b"\xff" * 16
 
 
@@ -226,7 +251,8 @@ def test_err_write_mid_way_is_reported_in_words_and_the_device_stays_usable(
     with pytest.raises(DfuStatusError) as info:
         flash_file("0483:df11", str(fw), backend=EmulatedBackend(device))
     err = info.value
-    assert err.status_name == "errWRITE" and err.exit_code == 6
+    assert err.status_name == "errWRITE"
+    assert err.exit_code == 6
     assert "unable to write memory" in str(err)
     assert "0x08002800" in str(err)
     assert device.state == State.dfuIDLE  # CLRSTATUS left it ready
@@ -246,16 +272,17 @@ def test_erase_failure_and_unerased_flash_are_device_errors(tmp_path: Path) -> N
     from otaflash.usb.dfu import DfuDevice
 
     info = find_dfu_devices(backend=EmulatedBackend(device))[0]
-    with DfuDevice(info, info.alts[0]) as dev, pytest.raises(DfuStatusError, match="errVERIFY"):
+    with DfuDevice(info, info.alts[0]) as dev:
         dev.ensure_idle()
-        with dev.writer(BASE, 2048) as sink:
+        sink = dev.writer(BASE, 2048)
+        with pytest.raises(DfuStatusError, match="errVERIFY"):
             sink.write(b"\xff" * 2048)  # NOR cannot set bits back without an erase
 
 
 def test_silent_corruption_is_caught_by_the_read_back(tmp_path: Path) -> None:
     device = make_device(tmp_path, faults=Faults(corrupt_at=BASE + 9000))
     fw = image(tmp_path, 20_000)
-    with pytest.raises(VerifyError, match="differs .* at 0x08002000") as info:
+    with pytest.raises(VerifyError, match=r"differs .* at 0x08002000") as info:
         flash_file("0483:df11", str(fw), backend=EmulatedBackend(device))
     assert info.value.exit_code == 4
 
@@ -270,7 +297,11 @@ def test_device_unplugged_mid_download_is_a_transport_error(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(
     ("state", "status"),
-    [(State.dfuERROR, StatusCode.errPROG), (State.dfuDNLOAD_IDLE, StatusCode.OK), (State.dfuUPLOAD_IDLE, StatusCode.OK)],
+    [
+        (State.dfuERROR, StatusCode.errPROG),
+        (State.dfuDNLOAD_IDLE, StatusCode.OK),
+        (State.dfuUPLOAD_IDLE, StatusCode.OK),
+    ],
 )
 def test_a_device_left_mid_transfer_or_in_error_is_recovered(
     tmp_path: Path, state: State, status: StatusCode
@@ -278,7 +309,8 @@ def test_a_device_left_mid_transfer_or_in_error_is_recovered(
     device = make_device(tmp_path)
     device.state, device.status = state, status
     result = flash_file("0483:df11", str(image(tmp_path, 3000)), backend=EmulatedBackend(device))
-    assert result.recovered_from == state.label and result.verified
+    assert result.recovered_from == state.label
+    assert result.verified
     expected = "CLRSTATUS" if state == State.dfuERROR else "ABORT"
     assert device.stats.requests_by_name[expected] >= 1
 
@@ -291,14 +323,18 @@ def test_plain_dfu_tolerant_manifestation_then_upload_verify(tmp_path: Path) -> 
     fw = image(tmp_path, 9000)
     add_suffix(fw, 0x1209, 0x0001)
     result = flash_file("1209:0001", str(fw), backend=EmulatedBackend(device))
-    assert result.protocol == "dfu" and result.verified and result.size == 9000
+    assert result.protocol == "dfu"
+    assert result.verified
+    assert result.size == 9000
     assert device.memory.read(0, 9000) == fw.read_bytes()[:9000]
     with pytest.raises(InputError, match="--address needs a DfuSe device"):
         flash_file("1209:0001", str(fw), backend=EmulatedBackend(device), address=0)
 
 
 def test_plain_dfu_non_tolerant_device_resets_and_is_not_claimed_verified(tmp_path: Path) -> None:
-    device = make_device(tmp_path, dfuse=False, manifestation_tolerant=False, faults=Faults(manifest_poll_ms=5))
+    device = make_device(
+        tmp_path, dfuse=False, manifestation_tolerant=False, faults=Faults(manifest_poll_ms=5)
+    )
     fw = image(tmp_path, 5000)
     result = flash_file("0483:df11", str(fw), backend=EmulatedBackend(device))
     assert not result.verified
@@ -311,13 +347,17 @@ def test_plain_dfu_non_tolerant_device_resets_and_is_not_claimed_verified(tmp_pa
 
 
 @pytest.mark.parametrize("will_detach", [True, False])
-def test_runtime_device_is_detached_into_dfu_mode_then_flashed(tmp_path: Path, will_detach: bool) -> None:
+def test_runtime_device_is_detached_into_dfu_mode_then_flashed(
+    tmp_path: Path, will_detach: bool
+) -> None:
     device = make_device(tmp_path, start_in_runtime=True, will_detach=will_detach)
     bus = EmulatedBackend(device)
     assert list_dfu_devices(backend=bus)[0]["mode"] == "runtime"
     fw = image(tmp_path, 6000)
     result = flash_file("0483:5740", str(fw), backend=bus)
-    assert result.detached and result.device == "0483:df11" and result.verified
+    assert result.detached
+    assert result.device == "0483:df11"
+    assert result.verified
     assert flash_bytes(device, BASE, 6000) == fw.read_bytes()
 
 
@@ -383,7 +423,8 @@ def test_permission_problems_get_a_udev_hint_not_a_traceback(
         set_default_backend(previous)
     err = capsys.readouterr().err
     assert code == 5
-    assert "Traceback" not in err and "udev" in err
+    assert "Traceback" not in err
+    assert "udev" in err
 
 
 # -- the command line -----------------------------------------------------------------------
@@ -395,11 +436,16 @@ def test_cli_flash_and_list_with_json(tmp_path: Path, capsys: pytest.CaptureFixt
     with default_bus(device):
         assert main(["list", "--json"]) == 0
         listed = json.loads(capsys.readouterr().out)
-        assert listed["kind"] == "usb-dfu" and listed["usb_id"] == "0483:df11"
-        code = main(["flash", "--json", "-d", "0483:df11", "-a", "0", "-s", "0x08001000:leave", str(fw)])
+        assert listed["kind"] == "usb-dfu"
+        assert listed["usb_id"] == "0483:df11"
+        code = main(
+            ["flash", "--json", "-d", "0483:df11", "-a", "0", "-s", "0x08001000:leave", str(fw)]
+        )
         record = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert record["verified"] and record["left"] and record["elements"][0]["address"] == 0x08001000
+    assert record["verified"]
+    assert record["left"]
+    assert record["elements"][0]["address"] == 0x08001000
     assert flash_bytes(device, 0x08001000, 7000) == fw.read_bytes()
     device2 = make_device(tmp_path, name="two")
     with default_bus(device2):

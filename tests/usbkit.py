@@ -14,7 +14,9 @@ from otaflash.usb.devices import set_default_backend
 BASE = 0x0800_0000
 
 
-def make_device(tmp_path: Path, *, size: str = "128k", name: str = "dev", **options: Any) -> EmulatedDfuDevice:
+def make_device(
+    tmp_path: Path, *, size: str = "128k", name: str = "dev", **options: Any
+) -> EmulatedDfuDevice:
     uri = f"sim:{tmp_path / name}.sim?kind=nor&size={size}&erase=2k"
     return EmulatedDfuDevice(uri, **options)
 

@@ -62,9 +62,9 @@ __all__ = [
     "SlotError",
     "TargetError",
     "TransportError",
+    "UnknownAlgorithmError",
     "UsbError",
     "UsbPermissionError",
-    "UnknownAlgorithmError",
     "VerifyError",
 ]
 

@@ -27,6 +27,7 @@ re-enumerate or unplug the device.
 from __future__ import annotations
 
 import argparse
+import os
 import struct
 import sys
 import time
@@ -251,7 +252,7 @@ class EmulatedDfuDevice:
             return self._class(request, value, data)
         raise Stall()
 
-    def _standard(
+    def _standard(  # noqa: PLR0911, PLR0912 (one branch per standard request)
         self, request_type: int, request: int, value: int, index: int, data: bytes | int
     ) -> bytes:
         length = data if isinstance(data, int) else 0
@@ -292,7 +293,9 @@ class EmulatedDfuDevice:
     def _status_bytes(self) -> bytes:
         return Status(self.status, self.poll_ms, self.state).encode()
 
-    def _class(self, request: int, value: int, data: bytes | int) -> bytes:
+    def _class(  # noqa: PLR0911, PLR0912 (the DFU state table, one branch per request)
+        self, request: int, value: int, data: bytes | int
+    ) -> bytes:
         length = data if isinstance(data, int) else 0
         payload = data if isinstance(data, bytes) else b""
         if self.mode == "runtime":
@@ -405,13 +408,13 @@ class EmulatedDfuDevice:
         ("option", offset); None when outside the memory map."""
         if self.base <= address and address + length <= self.base + self.size:
             return "flash", address - self.base
-        if self.dfuse and OPTION_BYTES_ADDRESS <= address:
+        if self.dfuse and address >= OPTION_BYTES_ADDRESS:
             end = OPTION_BYTES_ADDRESS + len(self.option_bytes)
             if address + length <= end:
                 return "option", address - OPTION_BYTES_ADDRESS
         return None
 
-    def _command(self, data: bytes) -> StatusCode:
+    def _command(self, data: bytes) -> StatusCode:  # noqa: PLR0911 (one exit per command)
         command = data[0]
         argument = int.from_bytes(data[1:5], "little") if len(data) >= 5 else None
         if command == DfuseCommand.SET_ADDRESS and argument is not None:
@@ -477,7 +480,7 @@ class EmulatedDfuDevice:
             return StatusCode.errPROG
         if not self.dfuse:
             self.download_offset += len(data)
-            self.firmware_size = max(self.firmware_size, self.download_offset)
+            self.firmware_size = self.download_offset
         # Like ST's loader, check what was programmed (not-erased flash shows here).
         if self.memory.read(offset, len(data)) != bytes(written):
             return StatusCode.errVERIFY
@@ -505,39 +508,73 @@ class EmulatedDfuDevice:
         # Plain DFU: the firmware from its start; a short packet ends it.
         offset = block * length
         size = self.firmware_size or self.size
-        data = self.memory.read(offset, max(0, min(length, size - offset))) if offset < size else b""
+        data = (
+            self.memory.read(offset, max(0, min(length, size - offset))) if offset < size else b""
+        )
         self.state = State.dfuUPLOAD_IDLE if len(data) == length else State.dfuIDLE
         return data
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m otaflash.sim.dfu --flash sim:PATH?... usbip``: serve an
-    emulated device to this machine's kernel until it is unplugged or
-    killed (see :mod:`otaflash.sim.usbip`)."""
-    parser = argparse.ArgumentParser(prog="python -m otaflash.sim.dfu", description=main.__doc__)
-    parser.add_argument("--flash", required=True, help="the flash target (sim:PATH?kind=nor&...)")
-    parser.add_argument("--plain", action="store_true", help="plain DFU 1.1 instead of DfuSe")
-    parser.add_argument("--runtime", action="store_true", help="start in run-time mode")
-    parser.add_argument("--serial", default="OTAFLASH0001")
-    parser.add_argument("--transfer-size", type=int, default=2048)
-    parser.add_argument("--disconnect-after-blocks", type=int)
-    parser.add_argument("--write-error-at", type=lambda t: int(t, 0))
-    parser.add_argument("--ready-file", help="created once the kernel has the device")
-    args = parser.parse_args(argv)
-    from otaflash.sim.usbip import serve_vhci
+def _device_options(spec: str) -> dict[str, object]:
+    """``serial=A,plain,runtime,write-error-at=0x08002000,disconnect-after-blocks=3``."""
+    options: dict[str, object] = {}
+    faults = Faults()
+    for part in filter(None, spec.split(",")):
+        key, _, value = part.partition("=")
+        if key == "serial":
+            options["serial"] = value
+        elif key == "plain":
+            options["dfuse"] = False
+        elif key == "runtime":
+            options["start_in_runtime"] = True
+        elif key == "transfer-size":
+            options["transfer_size"] = int(value, 0)
+        elif key == "write-error-at":
+            faults.write_error_at = int(value, 0)
+        elif key == "disconnect-after-blocks":
+            faults.disconnect_after_blocks = int(value, 0)
+        else:
+            raise SystemExit(f"unknown device option {key!r} in {spec!r}")
+    options["faults"] = faults
+    return options
 
-    device = EmulatedDfuDevice(
-        args.flash,
-        dfuse=not args.plain,
-        serial=args.serial,
-        transfer_size=args.transfer_size,
-        start_in_runtime=args.runtime,
-        faults=Faults(
-            disconnect_after_blocks=args.disconnect_after_blocks,
-            write_error_at=args.write_error_at,
-        ),
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m otaflash.sim.dfu --flash 'sim:DIR/{serial}.sim?...' --device
+    serial=A [--device serial=B,plain ...]``: plug emulated devices into this
+    machine's kernel (vhci_hcd over USB/IP, see :mod:`otaflash.sim.usbip`)
+    and serve them until each is unplugged or the process is killed."""
+    import threading  # noqa: PLC0415 (only the server needs threads)
+
+    from otaflash.sim.usbip import serve_vhci  # noqa: PLC0415 (usbip is Linux-only)
+
+    parser = argparse.ArgumentParser(prog="python -m otaflash.sim.dfu", description=main.__doc__)
+    parser.add_argument(
+        "--flash", required=True, help="flash target URI; {serial} is replaced per device"
     )
-    serve_vhci(device, ready_file=args.ready_file)
+    parser.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="serial=S[,plain][,runtime][,transfer-size=N][,write-error-at=ADDR]"
+        "[,disconnect-after-blocks=N] (repeatable)",
+    )
+    parser.add_argument("--ready-dir", help="SERIAL.ready is created there once the kernel has it")
+    args = parser.parse_args(argv)
+    threads = []
+    for number, spec in enumerate(args.device or ["serial=OTAFLASH0001"]):
+        options = _device_options(spec)
+        serial = str(options.setdefault("serial", f"OTAFLASH{number + 1:04d}"))
+        device = EmulatedDfuDevice(args.flash.replace("{serial}", serial), **options)  # type: ignore[arg-type]
+        ready = os.path.join(args.ready_dir, f"{serial}.ready") if args.ready_dir else None
+        thread = threading.Thread(
+            target=serve_vhci, args=(device,), kwargs={"ready_file": ready}, daemon=True
+        )
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join()
     return 0
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import array
 import errno
+import struct
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -86,13 +87,22 @@ class EmulatedBackend(usb.backend.IBackend):  # type: ignore[misc]
 
     def get_device_descriptor(self, dev: _DeviceId) -> Any:
         device = self._live(dev)
-        fields = (
-            "bLength bDescriptorType bcdUSB bDeviceClass bDeviceSubClass bDeviceProtocol "
-            "bMaxPacketSize0 idVendor idProduct bcdDevice iManufacturer iProduct "
-            "iSerialNumber bNumConfigurations"
-        ).split()
-        import struct
-
+        fields = [
+            "bLength",
+            "bDescriptorType",
+            "bcdUSB",
+            "bDeviceClass",
+            "bDeviceSubClass",
+            "bDeviceProtocol",
+            "bMaxPacketSize0",
+            "idVendor",
+            "idProduct",
+            "bcdDevice",
+            "iManufacturer",
+            "iProduct",
+            "iSerialNumber",
+            "bNumConfigurations",
+        ]
         values = struct.unpack("<BBHBBBBHHHBBBB", device.device_descriptor())
         slot = self.slots[dev.slot]
         return SimpleNamespace(
@@ -120,22 +130,24 @@ class EmulatedBackend(usb.backend.IBackend):  # type: ignore[misc]
     def get_configuration_descriptor(self, dev: _DeviceId, config: int) -> Any:
         if config != 0:
             raise IndexError("one configuration")
-        import struct
-
-        head, interfaces = self._parts(dev)
+        head, _interfaces = self._parts(dev)
         values = struct.unpack("<BBHBBBBB", head[:9])
-        fields = (
-            "bLength bDescriptorType wTotalLength bNumInterfaces bConfigurationValue "
-            "iConfiguration bmAttributes bMaxPower"
-        ).split()
+        fields = [
+            "bLength",
+            "bDescriptorType",
+            "wTotalLength",
+            "bNumInterfaces",
+            "bConfigurationValue",
+            "iConfiguration",
+            "bmAttributes",
+            "bMaxPower",
+        ]
         return SimpleNamespace(
             **dict(zip(fields, values, strict=True)),
             extra_descriptors=array.array("B", head[9:]).tolist(),
         )
 
     def get_interface_descriptor(self, dev: _DeviceId, intf: int, alt: int, config: int) -> Any:
-        import struct
-
         _, interfaces = self._parts(dev)
         numbers = sorted({i[0][2] for i in interfaces})
         if intf >= len(numbers):
@@ -144,16 +156,25 @@ class EmulatedBackend(usb.backend.IBackend):  # type: ignore[misc]
         if alt >= len(alts):
             raise IndexError("no such alt setting")
         desc, extra = alts[alt]
-        fields = (
-            "bLength bDescriptorType bInterfaceNumber bAlternateSetting bNumEndpoints "
-            "bInterfaceClass bInterfaceSubClass bInterfaceProtocol iInterface"
-        ).split()
+        fields = [
+            "bLength",
+            "bDescriptorType",
+            "bInterfaceNumber",
+            "bAlternateSetting",
+            "bNumEndpoints",
+            "bInterfaceClass",
+            "bInterfaceSubClass",
+            "bInterfaceProtocol",
+            "iInterface",
+        ]
         return SimpleNamespace(
             **dict(zip(fields, struct.unpack("<BBBBBBBBB", desc), strict=True)),
             extra_descriptors=list(extra),
         )
 
-    def get_endpoint_descriptor(self, dev: _DeviceId, ep: int, intf: int, alt: int, config: int) -> Any:
+    def get_endpoint_descriptor(
+        self, dev: _DeviceId, ep: int, intf: int, alt: int, config: int
+    ) -> Any:
         raise IndexError("DFU interfaces have no endpoints besides ep0")
 
     # -- a session -----------------------------------------------------------------
@@ -164,8 +185,10 @@ class EmulatedBackend(usb.backend.IBackend):  # type: ignore[misc]
     def close_device(self, dev_handle: _DeviceId) -> None:
         pass
 
-    def _control(self, handle: _DeviceId, request_type: int, request: int, value: int,
-                 index: int, data: bytes | int) -> bytes:  # fmt: skip
+    def _control(  # noqa: PLR0917 (a setup packet's fields)
+        self, handle: _DeviceId, request_type: int, request: int, value: int,
+        index: int, data: bytes | int,
+    ) -> bytes:  # fmt: skip
         device = self._live(handle)
         self.transfers += 1
         try:
@@ -203,8 +226,10 @@ class EmulatedBackend(usb.backend.IBackend):  # type: ignore[misc]
     def release_interface(self, dev_handle: _DeviceId, intf: int) -> None:
         self._live(dev_handle)
 
-    def ctrl_transfer(self, dev_handle: _DeviceId, bmRequestType: int, bRequest: int,  # noqa: N803
-                      wValue: int, wIndex: int, data: array.array[int], timeout: int) -> int:  # noqa: N803  # fmt: skip
+    def ctrl_transfer(  # noqa: PLR0917 (pyusb's IBackend signature)
+        self, dev_handle: _DeviceId, bmRequestType: int, bRequest: int,
+        wValue: int, wIndex: int, data: array.array[int], timeout: int,
+    ) -> int:  # fmt: skip
         if bmRequestType & 0x80:
             answer = self._control(dev_handle, bmRequestType, bRequest, wValue, wIndex, len(data))
             data[: len(answer)] = array.array("B", answer)

@@ -26,6 +26,7 @@ import contextlib
 import os
 import socket
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -75,7 +76,9 @@ def _ret_submit(seqnum: int, status: int, data: bytes, actual: int) -> bytes:
     return struct.pack(">IIIIIiiiii8x", RET_SUBMIT, seqnum, 0, 0, 0, status, actual, 0, 0, 0) + data
 
 
-def serve(sock: socket.socket, device: EmulatedDfuDevice, on_configured: object = None) -> str:
+def serve(  # noqa: PLR0912 (one branch per USB/IP case)
+    sock: socket.socket, device: EmulatedDfuDevice, on_configured: object = None
+) -> str:
     """Answers URBs until the kernel closes the link (returns "closed") or
     the device asks to re-enumerate or unplug (returns its request)."""
     while True:
@@ -120,6 +123,27 @@ def serve(sock: socket.socket, device: EmulatedDfuDevice, on_configured: object 
             return action
 
 
+#: Finding a free port and attaching to it is one step for the devices of
+#: one process.
+_PORTS = threading.Lock()
+
+
+def _plug(fd: int, devid: int, vhci: Path) -> int:
+    """Attaches ``fd`` to a free port (retrying while a detached one is
+    still being released); returns the port."""
+    deadline = time.monotonic() + 10
+    while True:
+        with _PORTS:
+            try:
+                port = free_port(vhci)
+                attach(port, fd, devid, vhci)
+                return port
+            except (OSError, RuntimeError):
+                if time.monotonic() > deadline:
+                    raise
+        time.sleep(0.1)
+
+
 def serve_vhci(
     device: EmulatedDfuDevice, *, ready_file: str | None = None, vhci: Path = VHCI
 ) -> None:
@@ -133,11 +157,10 @@ def serve_vhci(
             Path(ready_file).write_text(f"{device.mode}\n")
 
     while True:
-        port = free_port(vhci)
         ours, kernels = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         with ours:
             try:
-                attach(port, kernels.fileno(), devid, vhci)
+                port = _plug(kernels.fileno(), devid, vhci)
             finally:
                 kernels.close()  # the kernel holds its own reference now
             action = serve(ours, device, configured)

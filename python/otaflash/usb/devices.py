@@ -10,6 +10,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import usb.backend.libusb1
+import usb.core
+import usb.util
+
 from otaflash.errors import DeviceNotFoundError, InputError, UsbError, UsbPermissionError
 from otaflash.usb.layout import MemoryLayout
 from otaflash.usb.protocol import (
@@ -22,11 +26,11 @@ from otaflash.usb.protocol import (
 
 __all__ = [
     "AltSetting",
-    "set_default_backend",
     "DfuDeviceInfo",
     "Selector",
     "find_dfu_devices",
     "parse_selector",
+    "set_default_backend",
     "usb_error",
 ]
 
@@ -90,8 +94,8 @@ def parse_selector(spec: str) -> Selector:
         alt, text = "@" + alt_text, head
     fields: dict[str, str] = {}
     usb_id = None
-    for part in text.split(","):
-        part = part.strip()
+    for raw in text.split(","):
+        part = raw.strip()
         if not part:
             continue
         key, eq, value = part.partition("=")
@@ -102,9 +106,7 @@ def parse_selector(spec: str) -> Selector:
         elif key in ("serial", "alt", "path"):
             fields[key] = value
         else:
-            raise InputError(
-                f"--usb {spec!r}: unknown field {key!r} (use serial=, alt= or path=)"
-            )
+            raise InputError(f"--usb {spec!r}: unknown field {key!r} (use serial=, alt= or path=)")
     vendor_id = product_id = None
     if usb_id is not None:
         vid, colon, pid = usb_id.partition(":")
@@ -224,14 +226,28 @@ def set_default_backend(backend: Any) -> Any:
     """Makes ``backend`` (a pyusb backend, e.g. an emulated bus) the one
     every otaflash USB function uses unless given another; returns the
     previous one. ``None`` goes back to libusb."""
-    global _default_backend  # noqa: PLW0603 (one process-wide setting, like pyusb's own)
+    global _default_backend
     previous, _default_backend = _default_backend, backend
     return previous
 
 
-def _enumerate(backend: Any) -> Iterator[Any]:
-    import usb.core
+def rescan_backend(backend: Any = None) -> Any:
+    """A backend that sees devices plugged in since this process started.
 
+    libusb learns of new devices from udev's events; where no udev daemon
+    runs (containers, minimal systems) a long-lived libusb context never
+    does, so a device that re-enumerated (after DETACH) stays invisible to
+    it. A new context scans sysfs afresh. Other backends are returned as
+    they are."""
+    if backend is not None or _default_backend is not None:
+        return backend if backend is not None else _default_backend
+    base = usb.backend.libusb1.get_backend()
+    if base is None:
+        return None
+    return usb.backend.libusb1._LibUSB(base.lib)
+
+
+def _enumerate(backend: Any) -> Iterator[Any]:
     if backend is None:
         backend = _default_backend
 
@@ -244,8 +260,6 @@ def _enumerate(backend: Any) -> Iterator[Any]:
 
 
 def _string(device: Any, index: int) -> str | None:
-    import usb.util
-
     if not index:
         return None
     return str(usb.util.get_string(device, index))
@@ -270,8 +284,6 @@ def _functional(extra: Any) -> FunctionalDescriptor | None:
 def _access_error(device: Any, exc: BaseException) -> str:
     """Why strings could not be read. pyusb turns "no permission" into "no
     langid" (a ValueError); asking for the langids again gives the real cause."""
-    import usb.util
-
     if isinstance(exc, ValueError):
         try:
             usb.util.get_langids(device)
@@ -346,14 +358,15 @@ def _describe(device: Any) -> DfuDeviceInfo | None:
     return None
 
 
-def find_dfu_devices(selector: Selector | None = None, *, backend: Any = None) -> list[DfuDeviceInfo]:
+def find_dfu_devices(
+    selector: Selector | None = None, *, backend: Any = None
+) -> list[DfuDeviceInfo]:
     """Every DFU device (run-time or DFU mode) the selector matches."""
     found = []
     for device in _enumerate(backend):
-        if selector is not None and selector.vendor_id is not None:
-            # Cheap filter before any string request.
-            if device.idVendor != selector.vendor_id:
-                continue
+        # Cheap filter before any string request.
+        if selector is not None and selector.vendor_id not in (None, device.idVendor):
+            continue
         info = _describe(device)
         if info is not None and (selector is None or selector.matches(info)):
             found.append(info)

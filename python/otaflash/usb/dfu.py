@@ -15,11 +15,16 @@ differs.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
+
+import usb.core
+import usb.util
 
 from otaflash import _core, hashing
 from otaflash.errors import DfuStatusError, InputError, UsbError, VerifyError
@@ -97,9 +102,6 @@ class DfuDevice:
 
     # -- claiming -------------------------------------------------------------
     def open(self) -> DfuDevice:
-        import usb.core
-        import usb.util
-
         dev, number = self._dev, self.info.interface
         try:
             try:
@@ -121,15 +123,11 @@ class DfuDevice:
         return self
 
     def close(self) -> None:
-        import usb.core
-        import usb.util
-
         if self._opened:
             self._opened = False
-            try:
+            # It may be gone already (it left DFU mode or was unplugged).
+            with contextlib.suppress(usb.core.USBError):
                 usb.util.release_interface(self._dev, self.info.interface)
-            except usb.core.USBError:
-                pass  # gone already (it left DFU mode or was unplugged)
         usb.util.dispose_resources(self._dev)
 
     def __enter__(self) -> DfuDevice:
@@ -145,18 +143,12 @@ class DfuDevice:
 
     # -- requests ---------------------------------------------------------------
     def _out(self, request: Request, value: int, data: bytes, what: str) -> None:
-        import usb.core
-
         try:
-            self._dev.ctrl_transfer(
-                OUT, request, value, self.info.interface, data, self.timeout_ms
-            )
+            self._dev.ctrl_transfer(OUT, request, value, self.info.interface, data, self.timeout_ms)
         except usb.core.USBError as exc:
             raise self._transfer_error(exc, what) from None
 
     def _in(self, request: Request, value: int, length: int, what: str) -> bytes:
-        import usb.core
-
         try:
             data = self._dev.ctrl_transfer(
                 IN, request, value, self.info.interface, length, self.timeout_ms
@@ -168,8 +160,6 @@ class DfuDevice:
     def _transfer_error(self, exc: BaseException, what: str) -> Exception:
         """A stalled request usually means dfuERROR: report the device's own
         status then, after clearing it."""
-        import errno
-
         if getattr(exc, "errno", None) == errno.EPIPE:
             try:
                 status = self.get_status()
@@ -206,8 +196,6 @@ class DfuDevice:
     def _failure(self, status: Status, what: str) -> DfuStatusError:
         """Clears dfuERROR (so the device stays ready for another try) and
         returns the error to raise."""
-        import contextlib
-
         with contextlib.suppress(UsbError):
             self.clear_status()
         return DfuStatusError(
@@ -299,10 +287,9 @@ class DfuDevice:
         elif self._state == State.dfuUPLOAD_IDLE:
             self.abort()
         self._out(Request.DNLOAD, 0, b"", "asking it to leave DFU mode")
-        try:
+        # It leaves: resets and re-enumerates as the application.
+        with contextlib.suppress(UsbError):
             self.get_status()
-        except UsbError:
-            pass  # it left: reset and re-enumerated as the application
 
     # -- download ---------------------------------------------------------------
     def _dnload(self, block: int, data: bytes, what: str) -> None:
@@ -324,7 +311,15 @@ class DfuDevice:
         progress within a larger download."""
         if self.dfuse and address is None:
             raise InputError("a DfuSe download needs an address")
-        return BlockWriter(self, address, size, ledger or Ledger(), progress, base, total)
+        return BlockWriter(
+            self,
+            address,
+            size,
+            ledger=ledger or Ledger(),
+            progress=progress,
+            base=base,
+            total=total,
+        )
 
     def _write_block(self, address: int | None, data: bytes) -> None:
         ts = self.transfer_size
@@ -504,6 +499,7 @@ class BlockWriter:
         device: DfuDevice,
         address: int | None,
         size: int | None,
+        *,
         ledger: Ledger,
         progress: Progress | None,
         base: int,
@@ -537,7 +533,9 @@ class BlockWriter:
     def _send(self, block: bytes) -> None:
         address = None if self.address is None else self.address + self.written
         self.device._write_block(address, block)
-        self.ledger.add(self.address + self.written if self.address is not None else self.written, block)
+        self.ledger.add(
+            self.address + self.written if self.address is not None else self.written, block
+        )
         self.written += len(block)
         if self.progress is not None:
             self.progress("program", self.base + self.written, self.total)

@@ -15,12 +15,23 @@ read back and compared.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import usb.core
+import usb.util
+
 from otaflash.errors import DeviceNotFoundError, DfuFileError, InputError, UsbError
-from otaflash.usb.devices import DfuDeviceInfo, Selector, find_dfu_devices, parse_selector, usb_error
+from otaflash.usb.devices import (
+    DfuDeviceInfo,
+    Selector,
+    find_dfu_devices,
+    parse_selector,
+    rescan_backend,
+    usb_error,
+)
 from otaflash.usb.dfu import DfuDevice, Ledger, Progress
 from otaflash.usb.files import FirmwareFile, open_firmware
 from otaflash.usb.protocol import OUT, Request
@@ -72,13 +83,10 @@ def select_device(selector: Selector, *, backend: Any = None) -> DfuDeviceInfo:
     return found[0]
 
 
-def detach(info: DfuDeviceInfo, *, backend: Any = None, wait_s: float = 10.0) -> DfuDeviceInfo:
+def detach(info: DfuDeviceInfo, *, backend: Any = None, wait_s: float = 30.0) -> DfuDeviceInfo:
     """Run-time mode to DFU mode: DETACH, then a USB reset unless the
     device detaches itself (bitWillDetach); waits for it to come back in DFU
     mode (same serial number, or same port, or same vendor)."""
-    import usb.core
-    import usb.util
-
     fd = info.functional
     timeout = min(fd.detach_timeout_ms if fd else 1000, 5000)
     dev = info.device
@@ -90,17 +98,18 @@ def detach(info: DfuDeviceInfo, *, backend: Any = None, wait_s: float = 10.0) ->
         if not (fd and fd.will_detach):
             raise usb_error(exc, "detaching it into DFU mode", info) from None
     if not (fd and fd.will_detach):
-        try:
+        # The reset re-enumerates it: losing the handle is expected.
+        with contextlib.suppress(usb.core.USBError):
             dev.reset()
-        except usb.core.USBError:
-            pass  # the reset re-enumerates it: losing the handle is expected
     usb.util.dispose_resources(dev)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         time.sleep(0.1)
         candidates = [
             d
-            for d in find_dfu_devices(Selector(vendor_id=info.vendor_id), backend=backend)
+            for d in find_dfu_devices(
+                Selector(vendor_id=info.vendor_id), backend=rescan_backend(backend)
+            )
             if d.mode == "dfu"
         ]
         if info.serial:
@@ -145,7 +154,7 @@ def _elements(
     return [(0, fw.payload_len, fw.read(0, fw.payload_len))]
 
 
-def flash_file(
+def flash_file(  # noqa: PLR0912 (one linear job, each branch a documented case)
     selector: Selector | str,
     image: str,
     *,
@@ -179,7 +188,9 @@ def flash_file(
     setting = info.alt_setting(wanted)
     with DfuDevice(info, setting, transfer_size=transfer_size) as dev:
         layout = setting.layout
-        elements = _elements(fw, dev.dfuse, setting.number, address, layout.start if layout else None)
+        elements = _elements(
+            fw, dev.dfuse, setting.number, address, layout.start if layout else None
+        )
         if dev.dfuse and layout is None:
             raise DeviceNotFoundError(
                 f"{info.usb_id} alt {setting.number} ({setting.name!r}) has no DfuSe memory "
@@ -242,9 +253,6 @@ def flash_file(
 
 
 def _reset(info: DfuDeviceInfo) -> None:
-    import usb.core
-
-    try:
+    # It re-enumerates as the application: the handle goes stale.
+    with contextlib.suppress(usb.core.USBError):
         info.device.reset()
-    except usb.core.USBError:
-        pass  # it re-enumerates as the application: the handle goes stale

@@ -41,17 +41,17 @@ class Request(IntEnum):
 
 
 class State(IntEnum):
-    appIDLE = 0  # noqa: N815 (the spec's names, as dfu-util prints them)
-    appDETACH = 1  # noqa: N815
-    dfuIDLE = 2  # noqa: N815
-    dfuDNLOAD_SYNC = 3  # noqa: N815
-    dfuDNBUSY = 4  # noqa: N815
-    dfuDNLOAD_IDLE = 5  # noqa: N815
-    dfuMANIFEST_SYNC = 6  # noqa: N815
-    dfuMANIFEST = 7  # noqa: N815
-    dfuMANIFEST_WAIT_RESET = 8  # noqa: N815
-    dfuUPLOAD_IDLE = 9  # noqa: N815
-    dfuERROR = 10  # noqa: N815
+    appIDLE = 0
+    appDETACH = 1
+    dfuIDLE = 2
+    dfuDNLOAD_SYNC = 3
+    dfuDNBUSY = 4
+    dfuDNLOAD_IDLE = 5
+    dfuMANIFEST_SYNC = 6
+    dfuMANIFEST = 7
+    dfuMANIFEST_WAIT_RESET = 8
+    dfuUPLOAD_IDLE = 9
+    dfuERROR = 10
 
     @property
     def label(self) -> str:
@@ -61,21 +61,21 @@ class State(IntEnum):
 
 class StatusCode(IntEnum):
     OK = 0x00
-    errTARGET = 0x01  # noqa: N815
-    errFILE = 0x02  # noqa: N815
-    errWRITE = 0x03  # noqa: N815
-    errERASE = 0x04  # noqa: N815
-    errCHECK_ERASED = 0x05  # noqa: N815
-    errPROG = 0x06  # noqa: N815
-    errVERIFY = 0x07  # noqa: N815
-    errADDRESS = 0x08  # noqa: N815
-    errNOTDONE = 0x09  # noqa: N815
-    errFIRMWARE = 0x0A  # noqa: N815
-    errVENDOR = 0x0B  # noqa: N815
-    errUSBR = 0x0C  # noqa: N815
-    errPOR = 0x0D  # noqa: N815
-    errUNKNOWN = 0x0E  # noqa: N815
-    errSTALLEDPKT = 0x0F  # noqa: N815
+    errTARGET = 0x01
+    errFILE = 0x02
+    errWRITE = 0x03
+    errERASE = 0x04
+    errCHECK_ERASED = 0x05
+    errPROG = 0x06
+    errVERIFY = 0x07
+    errADDRESS = 0x08
+    errNOTDONE = 0x09
+    errFIRMWARE = 0x0A
+    errVENDOR = 0x0B
+    errUSBR = 0x0C
+    errPOR = 0x0D
+    errUNKNOWN = 0x0E
+    errSTALLEDPKT = 0x0F
 
     @property
     def meaning(self) -> str:
@@ -122,7 +122,12 @@ class Status:
 
     def encode(self) -> bytes:
         return bytes(
-            [self.status, *self.poll_timeout_ms.to_bytes(3, "little"), self.state, self.string_index]
+            [
+                self.status,
+                *self.poll_timeout_ms.to_bytes(3, "little"),
+                self.state,
+                self.string_index,
+            ]
         )
 
     @property
