@@ -41,7 +41,7 @@ GUEST_SCRIPT = r"""
 set -u
 PY={python}
 OTA={otaflash}
-step() {{ echo "== $*"; }}
+step() {{ echo "== $(cut -d" " -f1 /proc/uptime) $*"; }}
 ours() {{ out=$1; shift; $OTA "$@" > $out.out 2> $out.err; echo $? > $out.rc; }}
 du() {{ out=$1; shift; dfu-util "$@" > $out.txt 2>&1; echo $? > $out.rc; }}
 
