@@ -460,3 +460,40 @@ def test_cli_flash_and_list_with_json(tmp_path: Path, capsys: pytest.CaptureFixt
         assert main(["flash", "--json", "--usb", "0483:df11", str(big)]) == 6
         failed = json.loads(capsys.readouterr().out)
         assert failed["error_type"] == "GeometryError"
+
+
+def test_a_stream_of_odd_sized_chunks_is_flashed_and_its_digest_checked(tmp_path: Path) -> None:
+    import hashlib
+
+    from otaflash.usb import flash_stream
+
+    device = make_device(tmp_path)
+    data = os.urandom(30_001)
+    sizes = [1, 7, 2048, 4095, 3, 10_000]
+
+    def chunks() -> Any:
+        at = 0
+        for n in sizes * 10:
+            if at >= len(data):
+                return
+            yield data[at : at + n]
+            at += n
+
+    digest = hashlib.sha256(data).hexdigest()
+    result = flash_stream(
+        "0483:df11", chunks(), len(data), expected_sha256=digest, backend=EmulatedBackend(device)
+    )
+    assert result.verified
+    assert result.sha256 == digest
+    assert result.format == "stream"
+    assert flash_bytes(device, BASE, len(data)) == data
+    with pytest.raises(VerifyError, match="stream's SHA-256"):
+        flash_stream(
+            "0483:df11",
+            chunks(),
+            len(data),
+            expected_sha256="00" * 32,
+            backend=EmulatedBackend(device),
+        )
+    with pytest.raises(InputError, match="declared"):
+        flash_stream("0483:df11", chunks(), 1000, backend=EmulatedBackend(device))

@@ -2,6 +2,8 @@
 with pyusb for the transfers and the Rust core for the file formats.
 
 - :func:`flash_file`: the whole job (what ``otaflash flash --usb`` runs);
+- :func:`flash_stream`: the same for bytes arriving as a stream of known
+  size (an image the delta engine rebuilds on the fly);
 - :func:`find_dfu_devices` / :func:`list_dfu_devices`: what is plugged in
   (``otaflash list``);
 - :class:`~otaflash.usb.dfu.DfuDevice`: the protocol, for scripts that
@@ -18,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from otaflash.usb.devices import DfuDeviceInfo, Selector, find_dfu_devices, parse_selector
-from otaflash.usb.flash import UsbFlashResult, flash_file
+from otaflash.usb.flash import UsbFlashResult, flash_file, flash_stream
 
 __all__ = [
     "DfuDeviceInfo",
@@ -26,6 +28,7 @@ __all__ = [
     "UsbFlashResult",
     "find_dfu_devices",
     "flash_file",
+    "flash_stream",
     "list_dfu_devices",
     "parse_selector",
 ]

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import usb.core
 import usb.util
 
-from otaflash.errors import DeviceNotFoundError, DfuFileError, InputError, UsbError
+from otaflash.errors import DeviceNotFoundError, DfuFileError, InputError, UsbError, VerifyError
 from otaflash.usb.devices import (
     DfuDeviceInfo,
     Selector,
@@ -36,7 +37,7 @@ from otaflash.usb.dfu import DfuDevice, Ledger, Progress
 from otaflash.usb.files import FirmwareFile, open_firmware
 from otaflash.usb.protocol import OUT, Request
 
-__all__ = ["UsbFlashResult", "detach", "flash_file", "select_device"]
+__all__ = ["UsbFlashResult", "detach", "flash_file", "flash_stream", "select_device"]
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,19 @@ def _elements(
     return [(0, fw.payload_len, fw.read(0, fw.payload_len))]
 
 
-def flash_file(  # noqa: PLR0912 (one linear job, each branch a documented case)
+@dataclass(frozen=True)
+class _Source:
+    """What is flashed: a file, or a stream of known size."""
+
+    name: str
+    format: str
+    default_alt: int | None
+    check_device: Callable[[int, int], None]
+    elements: Callable[[bool, int, int | None, int | None], list[tuple[int, int, Any]]]
+    expected_sha256: str | None = None
+
+
+def flash_file(
     selector: Selector | str,
     image: str,
     *,
@@ -172,30 +185,105 @@ def flash_file(  # noqa: PLR0912 (one linear job, each branch a documented case)
     device, reads it back and compares; raises an :mod:`otaflash.errors`
     class on any failure, never returns an unverified success silently
     (``verified`` says whether the read-back happened)."""
+    fw = open_firmware(image)
+    source = _Source(
+        name=image,
+        format="dfuse" if fw.is_dfuse else ("suffix" if fw.suffix else "raw"),
+        default_alt=fw.targets[0].alt if fw.targets else None,
+        check_device=fw.check_device,
+        elements=lambda dfuse, number, at, start: _elements(fw, dfuse, number, at, start),
+    )
+    return _flash(selector, source, address=address, alt=alt, transfer_size=transfer_size,
+                  mass_erase=mass_erase, leave=leave, reset=reset, verify=verify,
+                  progress=progress, backend=backend)  # fmt: skip
+
+
+def flash_stream(
+    selector: Selector | str,
+    chunks: Iterable[bytes],
+    size: int,
+    *,
+    name: str = "stream",
+    expected_sha256: str | None = None,
+    address: int | None = None,
+    alt: int | str | None = None,
+    transfer_size: int | None = None,
+    mass_erase: bool = False,
+    leave: bool = False,
+    verify: bool = True,
+    progress: Progress | None = None,
+    backend: Any = None,
+) -> UsbFlashResult:
+    """Flashes ``size`` bytes arriving as ``chunks`` of any size: an image
+    rebuilt on the fly (the delta engine's output) or read from anywhere.
+    The size must be known up front (the erase is planned and checked from
+    it); ``expected_sha256``, when given, is checked against what was sent
+    before the read-back, so a stream that went wrong is never reported good."""
+
+    def elements(
+        dfuse: bool, number: int, at: int | None, start: int | None
+    ) -> list[tuple[int, int, Any]]:
+        if size <= 0:
+            raise InputError(f"{name}: nothing to flash")
+        if not dfuse:
+            if at is not None:
+                raise InputError("an address needs a DfuSe device; this one speaks plain DFU")
+            return [(0, size, chunks)]
+        where = at if at is not None else start
+        if where is None:
+            raise InputError("give an address for a stream on a DfuSe device")
+        return [(where, size, chunks)]
+
+    source = _Source(
+        name=name,
+        format="stream",
+        default_alt=None,
+        check_device=lambda vid, pid: None,
+        elements=elements,
+        expected_sha256=expected_sha256,
+    )
+    return _flash(selector, source, address=address, alt=alt, transfer_size=transfer_size,
+                  mass_erase=mass_erase, leave=leave, reset=False, verify=verify,
+                  progress=progress, backend=backend)  # fmt: skip
+
+
+def _flash(  # noqa: PLR0912 (one linear job, each branch a documented case)
+    selector: Selector | str,
+    source: _Source,
+    *,
+    address: int | None,
+    alt: int | str | None,
+    transfer_size: int | None,
+    mass_erase: bool,
+    leave: bool,
+    reset: bool,
+    verify: bool,
+    progress: Progress | None,
+    backend: Any,
+) -> UsbFlashResult:
     started = time.monotonic()
     if isinstance(selector, str):
         selector = parse_selector(selector)
-    fw = open_firmware(image)
     info = select_device(selector, backend=backend)
     detached = False
     if info.mode == "runtime":
         info = detach(info, backend=backend)
         detached = True
-    fw.check_device(info.vendor_id, info.product_id)
+    source.check_device(info.vendor_id, info.product_id)
     wanted = alt if alt is not None else selector.alt
-    if wanted is None and fw.targets:
-        wanted = fw.targets[0].alt
+    if wanted is None:
+        wanted = source.default_alt
     setting = info.alt_setting(wanted)
     with DfuDevice(info, setting, transfer_size=transfer_size) as dev:
         layout = setting.layout
-        elements = _elements(
-            fw, dev.dfuse, setting.number, address, layout.start if layout else None
-        )
         if dev.dfuse and layout is None:
             raise DeviceNotFoundError(
                 f"{info.usb_id} alt {setting.number} ({setting.name!r}) has no DfuSe memory "
                 "layout, so the image cannot be placed"
             )
+        elements = source.elements(
+            dev.dfuse, setting.number, address, layout.start if layout else None
+        )
         if layout is not None:
             # Fit and writability are checked before the device is touched.
             layout.erase_plan([(a, s) for a, s, _ in elements])
@@ -214,6 +302,15 @@ def flash_file(  # noqa: PLR0912 (one linear job, each branch a documented case)
             _, size, chunks = elements[0]
             ledger = dev.download(chunks, size, progress)
             tolerant = dev.manifest()
+        sent = ledger.sha256.hexdigest()
+        if source.expected_sha256 is not None and sent != source.expected_sha256.lower():
+            raise VerifyError(
+                f"{source.name}: the stream's SHA-256 is {sent}, {source.expected_sha256} was "
+                "expected; the device holds a wrong image: flash again",
+                source.name,
+                source.expected_sha256,
+                sent,
+            )
         verified, note = False, None
         if not verify:
             note = "read-back skipped on request"
@@ -228,19 +325,18 @@ def flash_file(  # noqa: PLR0912 (one linear job, each branch a documented case)
             dev.leave(elements[0][0])
         elif reset and not dev.dfuse:
             _reset(dev.info)
-    fmt = "dfuse" if fw.is_dfuse else ("suffix" if fw.suffix else "raw")
     return UsbFlashResult(
         device=info.usb_id,
         serial=info.serial,
         path=info.path,
         alt=setting.number,
         alt_name=setting.name,
-        image=image,
-        format=fmt,
+        image=source.name,
+        format=source.format,
         protocol="dfuse" if dev.dfuse else "dfu",
         elements=[{"address": a, "size": s} for a, s, _ in elements],
         size=ledger.size,
-        sha256=ledger.sha256.hexdigest(),
+        sha256=sent,
         transfer_size=dev.transfer_size,
         erased_bytes=erased,
         detached=detached,
