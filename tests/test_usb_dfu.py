@@ -497,3 +497,21 @@ def test_a_stream_of_odd_sized_chunks_is_flashed_and_its_digest_checked(tmp_path
         )
     with pytest.raises(InputError, match="declared"):
         flash_stream("0483:df11", chunks(), 1000, backend=EmulatedBackend(device))
+
+
+def test_a_device_that_stalls_getstatus_itself_is_a_transport_error(tmp_path: Path) -> None:
+    import errno
+
+    import usb.core
+
+    class StallsStatus(EmulatedBackend):
+        def ctrl_transfer(
+            self, dev_handle: Any, request_type: int, request: int, *rest: Any
+        ) -> int:
+            if request_type == IN and request == Request.GETSTATUS:
+                raise usb.core.USBError("Pipe error", -9, errno.EPIPE)
+            return int(super().ctrl_transfer(dev_handle, request_type, request, *rest))
+
+    device = make_device(tmp_path)
+    with pytest.raises(UsbError, match="stalled a request while reading its status"):
+        flash_file("0483:df11", str(image(tmp_path, 100)), backend=StallsStatus(device))

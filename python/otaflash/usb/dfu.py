@@ -146,7 +146,7 @@ class DfuDevice:
         try:
             self._dev.ctrl_transfer(OUT, request, value, self.info.interface, data, self.timeout_ms)
         except usb.core.USBError as exc:
-            raise self._transfer_error(exc, what) from None
+            raise self._transfer_error(exc, request, what) from None
 
     def _in(self, request: Request, value: int, length: int, what: str) -> bytes:
         try:
@@ -154,13 +154,13 @@ class DfuDevice:
                 IN, request, value, self.info.interface, length, self.timeout_ms
             )
         except usb.core.USBError as exc:
-            raise self._transfer_error(exc, what) from None
+            raise self._transfer_error(exc, request, what) from None
         return bytes(data)
 
-    def _transfer_error(self, exc: BaseException, what: str) -> Exception:
+    def _transfer_error(self, exc: BaseException, request: Request, what: str) -> Exception:
         """A stalled request usually means dfuERROR: report the device's own
-        status then, after clearing it."""
-        if getattr(exc, "errno", None) == errno.EPIPE:
+        status then, after clearing it (unless GETSTATUS itself stalled)."""
+        if getattr(exc, "errno", None) == errno.EPIPE and request != Request.GETSTATUS:
             try:
                 status = self.get_status()
             except UsbError:
