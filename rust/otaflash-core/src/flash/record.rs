@@ -107,9 +107,9 @@ pub(crate) fn record_region(geometry: &Geometry) -> Region {
     Region::new(0, record_blocks(geometry) * geometry.erase_size)
 }
 
-/// Reads and writes the records in one region. It remembers where records
-/// are after the first scan (a write needs to know), and forgets on any
-/// error so the next write scans the flash again.
+/// Reads and writes the records in one region of one device. It remembers
+/// where records are after the first scan (a write needs to know), and
+/// forgets on any error so the next write scans the flash again.
 #[derive(Clone, Debug)]
 pub struct RecordStore {
     region: Region,
@@ -472,9 +472,10 @@ mod tests {
 
     #[test]
     fn a_torn_record_write_leaves_the_previous_one() {
-        let mut store = RecordStore::for_device(&nor()).unwrap();
         for tear in [Tear::Clean, Tear::Prefix, Tear::RandomBits] {
             for n in 0..40u64 {
+                // A store belongs to one device (it remembers record positions).
+                let mut store = RecordStore::for_device(&nor()).unwrap();
                 let mut f = SimFlash::new(nor(), SimOptions::default()).unwrap();
                 for i in 0..9 {
                     store.write(&mut f, &state(i % 2)).unwrap();
