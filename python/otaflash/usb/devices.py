@@ -145,6 +145,8 @@ class DfuDeviceInfo:
     functional: FunctionalDescriptor | None
     access_error: str | None = None
     """Why strings could not be read (no permission), when they could not."""
+    access_exception: UsbError | None = field(default=None, repr=False, compare=False)
+    """The same, as the error to raise when the device must be opened."""
     device: Any = field(default=None, repr=False, compare=False)
     """The pyusb ``usb.core.Device``."""
 
@@ -281,7 +283,7 @@ def _functional(extra: Any) -> FunctionalDescriptor | None:
     return None
 
 
-def _access_error(device: Any, exc: BaseException) -> str:
+def _access_error(device: Any, exc: BaseException) -> UsbError:
     """Why strings could not be read. pyusb turns "no permission" into "no
     langid" (a ValueError); asking for the langids again gives the real cause."""
     if isinstance(exc, ValueError):
@@ -289,8 +291,7 @@ def _access_error(device: Any, exc: BaseException) -> str:
             usb.util.get_langids(device)
         except OSError as real:
             exc = real
-    error = usb_error(exc, "reading its strings")
-    return f"{error} ({error.hint})" if isinstance(error, UsbPermissionError) else str(error)
+    return usb_error(exc, "reading its strings")
 
 
 def _describe(device: Any) -> DfuDeviceInfo | None:
@@ -313,7 +314,7 @@ def _describe(device: Any) -> DfuDeviceInfo | None:
         for intf in alts_raw:
             functional = functional or _functional(intf.extra_descriptors)
         functional = functional or _functional(config.extra_descriptors)
-        access_error = None
+        access_error: UsbError | None = None
         names: dict[int, str | None] = {}
         serial = manufacturer = product = None
         try:
@@ -352,7 +353,14 @@ def _describe(device: Any) -> DfuDeviceInfo | None:
             configuration=config.bConfigurationValue,
             alts=tuple(alts),
             functional=functional,
-            access_error=access_error,
+            access_error=(
+                f"{access_error} ({access_error.hint})"
+                if isinstance(access_error, UsbPermissionError)
+                else str(access_error)
+            )
+            if access_error is not None
+            else None,
+            access_exception=access_error,
             device=device,
         )
     return None

@@ -247,7 +247,7 @@ def flash_stream(
                   progress=progress, backend=backend)  # fmt: skip
 
 
-def _flash(  # noqa: PLR0912 (one linear job, each branch a documented case)
+def _flash(  # noqa: PLR0912, PLR0915 (one linear job, each branch a documented case)
     selector: Selector | str,
     source: _Source,
     *,
@@ -265,6 +265,9 @@ def _flash(  # noqa: PLR0912 (one linear job, each branch a documented case)
     if isinstance(selector, str):
         selector = parse_selector(selector)
     info = select_device(selector, backend=backend)
+    if info.access_exception is not None:
+        # Its strings could not be read, so it cannot be opened either.
+        raise info.access_exception
     detached = False
     if info.mode == "runtime":
         info = detach(info, backend=backend)
