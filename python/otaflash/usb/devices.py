@@ -291,7 +291,15 @@ def _access_error(device: Any, exc: BaseException) -> UsbError:
             usb.util.get_langids(device)
         except OSError as real:
             exc = real
-    return usb_error(exc, "reading its strings")
+    error = usb_error(exc, "reading its strings")
+    usb_id = f"{device.idVendor:04x}:{device.idProduct:04x}"
+    if isinstance(error, UsbPermissionError):
+        return UsbPermissionError(
+            f"{usb_id}: permission denied while reading its strings",
+            device.idVendor,
+            device.idProduct,
+        )
+    return type(error)(f"{usb_id}: {error}")
 
 
 def _describe(device: Any) -> DfuDeviceInfo | None:
