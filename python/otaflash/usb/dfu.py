@@ -224,7 +224,8 @@ class DfuDevice:
                     f"{self.info.usb_id}: the device stayed busy ({status.state_name}) for "
                     f"{BUSY_LIMIT_S:.0f} s while {what}"
                 )
-            time.sleep(status.poll_timeout_ms / 1000)
+            if status.poll_timeout_ms:
+                time.sleep(status.poll_timeout_ms / 1000)
 
     def ensure_idle(self) -> Status:
         """Brings the device to dfuIDLE: CLRSTATUS from dfuERROR (a previous
