@@ -15,6 +15,10 @@ requirements=(
     "- busybox-static"
     "- kmod"
     "flashcp mtd-utils"
+    # USB DFU: dfu-util (with dfu-suffix and dfu-prefix) is the peer our host
+    # and emulated device are checked against; libusb is what pyusb drives.
+    "dfu-util dfu-util"
+    "- libusb-1.0-0"
     # The update service's peers: a real MQTT broker for the Alibaba IoT topics,
     # the load generator and reference file server of its benchmarks, and
     # PostgreSQL, the server's storage for fleets.

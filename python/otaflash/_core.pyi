@@ -7,6 +7,7 @@ from typing_extensions import Buffer
 
 __all__ = [
     "Applier",
+    "FlashBlocks",
     "FlashTarget",
     "Hasher",
     "InstallSession",
@@ -15,6 +16,13 @@ __all__ = [
     "apply_patch_in_place",
     "begin_install",
     "checkpoint_offsets",
+    "dfu_add_suffix",
+    "dfu_crc",
+    "dfu_file_info",
+    "dfuse_erase_plan",
+    "dfuse_file_build",
+    "dfuse_file_parse",
+    "dfuse_layout",
     "diff",
     "hash_file",
     "patch_info",
@@ -141,3 +149,31 @@ def begin_install(
 def apply_patch_in_place(
     target: FlashTarget, patch: str, progress: _Progress | None = None
 ) -> dict[str, Any]: ...
+
+# -- USB DFU files and DfuSe layouts (otaflash.usb) ---------------------------
+
+def dfu_file_info(path: str) -> dict[str, Any]: ...
+def dfuse_file_parse(path: str) -> dict[str, Any]: ...
+def dfuse_file_build(
+    targets: list[tuple[int, str | None, list[tuple[int, bytes]]]],
+    vendor_id: int,
+    product_id: int,
+    bcd_device: int,
+) -> bytes: ...
+def dfu_add_suffix(
+    path: str, vendor_id: int, product_id: int, bcd_device: int, bcd_dfu: int
+) -> dict[str, Any]: ...
+def dfu_crc(data: Buffer) -> int: ...
+def dfuse_layout(text: str) -> tuple[str, list[tuple[int, int, int, bool, bool, bool]]]: ...
+def dfuse_erase_plan(text: str, regions: list[tuple[int, int]]) -> list[tuple[int, int]]: ...
+
+@final
+class FlashBlocks:
+    def __new__(cls, uri: str) -> FlashBlocks: ...
+    @property
+    def name(self) -> str: ...
+    def geometry(self) -> tuple[int, int, int]: ...
+    def read(self, offset: int, size: int) -> bytes: ...
+    def erase(self, offset: int, length: int) -> None: ...
+    def program(self, offset: int, data: Buffer) -> None: ...
+    def sync(self) -> None: ...

@@ -46,6 +46,9 @@ __all__ = [
     "EXIT_USAGE",
     "Cancelled",
     "CorruptPatchError",
+    "DeviceNotFoundError",
+    "DfuFileError",
+    "DfuStatusError",
     "DownloadError",
     "FileAccessError",
     "FileError",
@@ -63,6 +66,8 @@ __all__ = [
     "TransportError",
     "UnknownAlgorithmError",
     "UnsupportedPatchError",
+    "UsbError",
+    "UsbPermissionError",
     "VerifyError",
     "WrongOldImageError",
 ]
@@ -143,6 +148,25 @@ class TransportError(OtaflashError):
     hint = "check the cable, the port name and that no other program holds the port"
 
 
+class DfuFileError(InputError):
+    """A DFU firmware file is corrupt (suffix CRC, DfuSe structure) or was
+    made for another device (the VID/PID in its suffix)."""
+
+    hint = (
+        "rebuild the file (`dfu-suffix -c` checks a suffix), or flash the plain image "
+        "with --address"
+    )
+
+    def __init__(self, message: str, file: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.file = file
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class TargetError(InputError):
     """A flash target URI is malformed, or names something that is not a
     flash device (a regular file given as ``mtd:``, a foreign ``sim:`` file)."""
@@ -205,6 +229,76 @@ class SlotError(FlashError):
     update needs its image to resume."""
 
     hint = "`otaflash info --target ...` shows the slot state and what comes next"
+
+
+class UsbError(TransportError):
+    """A USB transfer failed: the device went away, stalled a request it
+    must accept, or did not answer in time."""
+
+    hint = (
+        "check the cable and that the device is still in DFU mode (`otaflash list`); "
+        "a failed download leaves the DFU bootloader in place: run the command again"
+    )
+
+
+class DeviceNotFoundError(UsbError):
+    """No USB device matches the selector (VID:PID, serial number, alt setting)."""
+
+    hint = "`otaflash list` shows the DFU devices this machine sees; check --usb"
+
+
+class UsbPermissionError(UsbError):
+    """The operating system refused access to the USB device."""
+
+    def __init__(self, message: str, vendor_id: int | None = None, product_id: int | None = None):
+        super().__init__(message)
+        vid = f"{vendor_id:04x}" if vendor_id is not None else "VVVV"
+        pid = f"{product_id:04x}" if product_id is not None else "PPPP"
+        self.hint = (
+            "let your user open it with a udev rule, e.g. in "
+            "/etc/udev/rules.d/50-otaflash-dfu.rules: "
+            f'SUBSYSTEM=="usb", ATTRS{{idVendor}}=="{vid}", ATTRS{{idProduct}}=="{pid}", '
+            'MODE="0660", TAG+="uaccess"; then `sudo udevadm control --reload && '
+            "sudo udevadm trigger` and plug the device in again (or run as root)"
+        )
+
+
+class DfuStatusError(FlashError):
+    """A DFU device reported an error status (errWRITE, errVERIFY, ...).
+
+    ``status`` is the DFU status code, ``status_name`` its name, ``state``
+    the DFU state the device was in. The host clears the error before
+    raising, so the device stays in its bootloader, ready for another try.
+    """
+
+    _STATUS_HINTS: ClassVar[dict[int, str]] = {
+        0x01: "the file is not for this device",
+        0x02: "the file is not for this device",
+        0x03: "the flash may be write-protected (option bytes) or worn; run the command again",
+        0x04: "the flash may be protected; run the command again",
+        0x05: "erase the memory first, or let otaflash erase it (do not use --no-erase)",
+        0x06: "the flash may be write-protected or worn; run the command again",
+        0x07: "run the command again; if it persists the flash is worn",
+        0x08: "check --address against the device's memory layout (`otaflash list`)",
+        0x09: "the device expected more data: run the command again",
+        0x0A: "the image was refused by the bootloader's own check: flash the right image",
+    }
+
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        status_name: str | None = None,
+        state: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.status_name = status_name
+        self.state = state
+        if status in self._STATUS_HINTS:
+            self.hint = self._STATUS_HINTS[status]
+        else:
+            self.hint = "run the command again; the device was left in its DFU bootloader"
 
 
 class PatchError(OtaflashError):

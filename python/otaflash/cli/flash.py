@@ -1,7 +1,9 @@
 """Write a firmware image to a device, erase/program/verify every block.
 
-The destination is one of the transports below; today --target (a Linux MTD
-device, a simulated flash or an image file). Blocks that already hold the
+The destination is one of the transports below: --target (a Linux MTD
+device, a simulated flash or an image file) or --usb (a USB DFU or DfuSe
+device, e.g. an STM32 bootloader: `--usb 0483:df11`; IMAGE is a raw image,
+one with a DFU suffix, or a DfuSe .dfu file; see the USB DFU options). Blocks that already hold the
 right bytes are skipped (compared by SHA-256 first), blank blocks are not
 erased, every written block is read back. On NAND, bad blocks are skipped
 and blocks that fail are marked bad and relocated, as nandwrite does.
@@ -19,12 +21,13 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from otaflash.cli import usb_options
 from otaflash.cli.output import Output
 from otaflash.cli.targets import TARGET_HELP, parse_number
 from otaflash.errors import InputError
 
 NAME = "flash"
-HELP = "write an image to a device (MTD, simulated flash, image file)"
+HELP = "write an image to a device (MTD, simulated flash, image file, USB DFU)"
 
 #: Transports, by the option that selects them: each writes args.image and
 #: returns the JSON record. A UART (--port) or USB DFU (--usb) transport adds
@@ -36,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", metavar="IMAGE", help="the firmware image file")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--target", "-t", metavar="TARGET", help=TARGET_HELP)
+    usb_options.add_arguments(parser, where)
     parser.add_argument(
         "--offset",
         "-o",
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     for option, destination in DESTINATIONS.items():
         if getattr(args, option, None) is not None:
             record = destination(args, out)
-            out.result(_describe(record), record)
+            out.result(DESCRIBE.get(option, _describe)(record), record)
             return 0
     raise InputError("no destination given")  # argparse enforces one; kept for clarity
 
@@ -95,7 +99,9 @@ def _write(target: Any, args: argparse.Namespace, offset: int, progress: Any) ->
     )
 
 
-DESTINATIONS: dict[str, Destination] = {"target": _to_target}
+DESTINATIONS: dict[str, Destination] = {"target": _to_target, "usb": usb_options.flash}
+#: Result lines of the destinations that word them their own way.
+DESCRIBE: dict[str, Callable[[dict[str, Any]], str]] = {"usb": usb_options.describe}
 
 
 def _describe(record: dict[str, Any]) -> str:

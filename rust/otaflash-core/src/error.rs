@@ -90,6 +90,10 @@ pub enum Error {
     #[error("{0}")]
     Slot(String),
 
+    /// A DFU firmware file (suffix, DfuSe structure) is corrupt or foreign.
+    #[error("{file}: {reason}")]
+    DfuFile { file: String, reason: String },
+
     /// A caller-supplied callback (progress, I/O adapter) failed; the caller's
     /// own error is carried through unchanged so it can be re-raised as is.
     #[error("{0}")]

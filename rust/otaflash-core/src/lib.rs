@@ -13,6 +13,7 @@
 //! );
 //! ```
 
+pub mod dfu;
 pub mod error;
 pub mod flash;
 pub mod hash;

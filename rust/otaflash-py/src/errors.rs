@@ -23,6 +23,7 @@ pyo3::import_exception!(otaflash.errors, CorruptPatchError);
 pyo3::import_exception!(otaflash.errors, ForeignPatchError);
 pyo3::import_exception!(otaflash.errors, UnsupportedPatchError);
 pyo3::import_exception!(otaflash.errors, WrongOldImageError);
+pyo3::import_exception!(otaflash.errors, DfuFileError);
 
 /// A core error on its way to Python; also wraps a `PyErr` raised inside a
 /// callback so it comes back out unchanged.
@@ -86,6 +87,7 @@ impl From<OtaError> for PyErr {
                 actual_sha256,
                 ..
             } => WrongOldImageError::new_err((message, expected_sha256, actual_sha256)),
+            Error::DfuFile { file, .. } => DfuFileError::new_err((message, file)),
             Error::Callback(inner) => match inner.downcast::<PyErr>() {
                 Ok(py_err) => *py_err,
                 Err(other) => PyRuntimeError::new_err(other.to_string()),

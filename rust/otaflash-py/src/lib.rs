@@ -4,6 +4,7 @@
 
 mod buffer;
 mod delta;
+mod dfu;
 mod errors;
 mod flash;
 mod hash;
@@ -25,6 +26,11 @@ mod _core {
     #[pymodule_export]
     use super::flash::FlashTarget;
 
+    #[pymodule_export]
+    use super::dfu::{
+        FlashBlocks, dfu_add_suffix, dfu_crc, dfu_file_info, dfuse_erase_plan, dfuse_file_build,
+        dfuse_file_parse, dfuse_layout,
+    };
     #[pymodule_export]
     use super::install::{InstallSession, apply_patch_in_place, begin_install};
 
