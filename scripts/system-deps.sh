@@ -9,6 +9,10 @@ requirements=(
     "md5sum coreutils"
     "sha256sum coreutils"
     "sha1sum coreutils"
+    "sb lrzsz"
+    "rb lrzsz"
+    "stm32flash stm32flash"
+    "socat socat"
 )
 
 missing=()

@@ -18,5 +18,6 @@ pub mod hash;
 pub mod inplace;
 pub mod io;
 pub mod progress;
+pub mod serial;
 
-pub use error::{Error, Result};
+pub use error::{DeviceErrorKind, Error, Result};
