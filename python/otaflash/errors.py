@@ -43,19 +43,23 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "Cancelled",
+    "DeviceError",
     "DownloadError",
     "FileAccessError",
     "FileError",
     "FlashError",
     "GeometryError",
     "InputError",
+    "LinkTimeoutError",
     "MissingFileError",
     "NotAFileError",
     "OtaflashError",
     "PatchError",
+    "ProtocolError",
     "RuleError",
     "TransportError",
     "UnknownAlgorithmError",
+    "UnsupportedError",
     "VerifyError",
 ]
 
@@ -135,10 +139,37 @@ class TransportError(OtaflashError):
     hint = "check the cable, the port name and that no other program holds the port"
 
 
+class LinkTimeoutError(TransportError):
+    """The device stopped answering (or never started)."""
+
+    hint = (
+        "check that the device runs its bootloader or `otaflash agent` at this baud rate; "
+        "an interrupted otaflash transfer resumes when the same command is run again"
+    )
+
+
+class ProtocolError(TransportError):
+    """The device answered something its protocol does not allow."""
+
+    hint = "check that --protocol matches what the device runs, and the baud rate"
+
+
 class FlashError(OtaflashError):
     """The flash refused an erase, program or read."""
 
     exit_code = 6
+
+
+class DeviceError(FlashError):
+    """The device refused or failed an operation (a NACK, a write it could not do)."""
+
+    hint = "check that the address is right and the flash is erased and not write-protected"
+
+
+class UnsupportedError(DeviceError):
+    """The device does not support what was asked of it."""
+
+    hint = None
 
 
 class GeometryError(FlashError, ValueError):

@@ -1,7 +1,8 @@
 """The ``otaflash`` command line.
 
 ``main(argv)`` is embeddable (returns the exit code, never calls sys.exit);
-each verb lives in its own module here with ``NAME``, ``HELP``,
+each verb lives in its own module here (``VERBS`` lists module names; the
+verb is the module's ``NAME``) with ``NAME``, ``HELP``,
 ``add_arguments(parser)`` and ``run(args, out) -> int``. Verb modules keep
 heavy imports inside ``run`` so ``otaflash --help`` stays fast.
 """
@@ -22,7 +23,7 @@ from otaflash.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, OtaflashEr
 __all__ = ["main"]
 
 #: Verb modules, in the order `otaflash --help` lists them.
-VERBS: tuple[str, ...] = ("hash",)
+VERBS: tuple[str, ...] = ("hash", "flash_serial", "agent", "list_ports", "sim")
 
 EPILOG = """\
 exit codes: 0 ok, 1 failed, 2 bad command line, 3 unusable input, 4 verify

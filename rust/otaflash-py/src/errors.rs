@@ -2,7 +2,7 @@
 //! pure Python (`otaflash.errors`) so they can be documented, pickled and
 //! caught without the extension; they are imported here lazily.
 
-use otaflash_core::Error;
+use otaflash_core::{DeviceErrorKind, Error};
 use pyo3::PyErr;
 use pyo3::exceptions::PyRuntimeError;
 use std::io::ErrorKind;
@@ -15,6 +15,12 @@ pyo3::import_exception!(otaflash.errors, UnknownAlgorithmError);
 pyo3::import_exception!(otaflash.errors, VerifyError);
 pyo3::import_exception!(otaflash.errors, InputError);
 pyo3::import_exception!(otaflash.errors, Cancelled);
+pyo3::import_exception!(otaflash.errors, TransportError);
+pyo3::import_exception!(otaflash.errors, LinkTimeoutError);
+pyo3::import_exception!(otaflash.errors, ProtocolError);
+pyo3::import_exception!(otaflash.errors, DeviceError);
+pyo3::import_exception!(otaflash.errors, UnsupportedError);
+pyo3::import_exception!(otaflash.errors, PatchError);
 
 /// A core error on its way to Python; also wraps a `PyErr` raised inside a
 /// callback so it comes back out unchanged.
@@ -58,6 +64,16 @@ impl From<OtaError> for PyErr {
             } => VerifyError::new_err((message, subject, expected, actual)),
             Error::InvalidArgument(_) => InputError::new_err(message),
             Error::Cancelled => Cancelled::new_err(message),
+            Error::Link { .. } => TransportError::new_err(message),
+            Error::Timeout { .. } => LinkTimeoutError::new_err(message),
+            Error::Protocol { .. } => ProtocolError::new_err(message),
+            Error::Device { kind, .. } => match kind {
+                DeviceErrorKind::Patch => PatchError::new_err(message),
+                DeviceErrorKind::Verify => VerifyError::new_err((message,)),
+                DeviceErrorKind::Unsupported => UnsupportedError::new_err(message),
+                DeviceErrorKind::Flash => DeviceError::new_err(message),
+                _ => TransportError::new_err(message),
+            },
             Error::Callback(inner) => match inner.downcast::<PyErr>() {
                 Ok(py_err) => *py_err,
                 Err(other) => PyRuntimeError::new_err(other.to_string()),

@@ -5,7 +5,9 @@
 mod buffer;
 mod errors;
 mod hash;
+mod link;
 mod progress;
+mod serial;
 
 use pyo3::prelude::*;
 
@@ -15,6 +17,11 @@ mod _core {
 
     #[pymodule_export]
     use super::hash::{Hasher, hash_file};
+    #[pymodule_export]
+    use super::serial::{
+        serial_agent, serial_flash, stm32_emulate, stm32_emulated_chips, stm32_flash, stm32_info,
+        ymodem_receive, ymodem_send,
+    };
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -322,6 +322,10 @@ impl Agent<'_> {
         }
         self.send(&Message::BaudOk { session, baud })?;
         self.link.drain()?;
+        // Many USB-serial drivers return from drain while the adapter still
+        // holds bytes: give the reply time to leave at the old rate.
+        let reply_time = Duration::from_secs_f64(40.0 * 10.0 / f64::from(self.baud.max(1200)));
+        std::thread::sleep(reply_time.max(Duration::from_millis(20)));
         if self.link.set_baud_rate(baud).is_ok() {
             self.baud = baud;
         }

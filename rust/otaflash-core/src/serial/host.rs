@@ -190,6 +190,7 @@ pub fn flash(
         in_flight: VecDeque::new(),
         in_flight_bytes: 0,
         rtt: RttEstimator::new(first_rto(line_rate, window)),
+        probing: None,
         stats: Stats::default(),
     };
     sender.run(&mut host, options.timeout, progress)?;
@@ -590,6 +591,8 @@ struct Sender<'s> {
     in_flight: VecDeque<Pending>,
     in_flight_bytes: usize,
     rtt: RttEstimator,
+    /// A frame re-sent alone after a timeout, awaiting its answer.
+    probing: Option<u32>,
     stats: Stats,
 }
 
@@ -614,38 +617,13 @@ impl Sender<'_> {
                 }
                 continue;
             }
-            let wait = match self.in_flight.front().and_then(|p| p.sent_at) {
-                Some(sent_at) => {
-                    (sent_at + self.rtt.current()).saturating_duration_since(Instant::now())
-                }
-                None => Duration::ZERO,
-            };
-            if let Some(message) = host.recv(wait)? {
-                match message {
-                    Message::Ack { next_seq, done, .. } => {
-                        if self.ack(next_seq) {
-                            last_progress = Instant::now();
-                        }
-                        if done > self.done {
-                            self.done = done;
-                            progress.report(ProgressEvent {
-                                operation: Operation::Transfer,
-                                done,
-                                total: Some(self.stream_size),
-                            })?;
-                        }
-                    }
-                    Message::Nak { next_seq, .. } => {
-                        self.ack(next_seq);
-                        self.stats.naks += 1;
-                        self.rewind(next_seq);
-                    }
-                    _ => {}
-                }
-                continue;
-            }
-            // The oldest frame's timer ran out.
-            if let Some(oldest) = self.in_flight.front() {
+            let expires = self
+                .in_flight
+                .front()
+                .and_then(|p| p.sent_at)
+                .map(|sent_at| sent_at + self.rtt.current());
+            let now = Instant::now();
+            if expires.is_some_and(|at| at <= now) {
                 if last_progress.elapsed() >= timeout {
                     return Err(Error::Timeout {
                         port: host.link.name().to_string(),
@@ -657,16 +635,67 @@ impl Sender<'_> {
                         timeout,
                     });
                 }
-                let seq = oldest.seq;
                 self.stats.timeouts += 1;
                 self.rtt.backoff += 1;
-                self.rewind(seq);
+                self.probe(host)?;
+                continue;
+            }
+            let wait = expires.map_or(Duration::ZERO, |at| at.saturating_duration_since(now));
+            match host.recv(wait)? {
+                Some(Message::Ack { next_seq, done, .. }) => {
+                    if self.ack(next_seq) {
+                        last_progress = Instant::now();
+                    }
+                    if let Some(probe) = self.probing.take() {
+                        if next_seq == probe.wrapping_add(1) {
+                            // Only the probe got through: what followed it was lost.
+                            self.rewind(next_seq);
+                        } else if next_seq <= probe {
+                            self.probing = Some(probe);
+                        }
+                    }
+                    if done > self.done {
+                        self.done = done;
+                        progress.report(ProgressEvent {
+                            operation: Operation::Transfer,
+                            done,
+                            total: Some(self.stream_size),
+                        })?;
+                    }
+                }
+                Some(Message::Nak { next_seq, .. }) => {
+                    if self.ack(next_seq) {
+                        last_progress = Instant::now();
+                    }
+                    self.probing = None;
+                    self.stats.naks += 1;
+                    self.rewind(next_seq);
+                }
+                _ => {}
             }
         }
     }
 
+    /// The oldest frame's timer ran out. The agent may just be busy (a
+    /// flash erase) or the frame may be lost: send that one frame again and
+    /// let the answer tell which, rather than the whole window.
+    fn probe(&mut self, host: &mut Host<'_>) -> Result<()> {
+        let Some(oldest) = self.in_flight.front_mut() else {
+            return Ok(());
+        };
+        oldest.sent_at = Some(Instant::now());
+        oldest.resent = true;
+        self.probing = Some(oldest.seq);
+        self.stats.retransmitted += 1;
+        let frame = oldest.frame.clone();
+        host.write(&frame)
+    }
+
     /// Sends queued frames while the window has room, building blocks as needed.
     fn fill(&mut self, batch: &mut Vec<u8>) -> Result<()> {
+        if self.probing.is_some() {
+            return Ok(()); // hold back until the probe is answered
+        }
         loop {
             if self.queue.is_empty() && self.next_offset < self.stream_size {
                 self.build_block()?;
