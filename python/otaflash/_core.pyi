@@ -7,6 +7,7 @@ from typing_extensions import Buffer
 __all__ = [
     "Hasher",
     "__version__",
+    "agent_target",
     "hash_file",
     "serial_agent",
     "serial_flash",
@@ -60,6 +61,7 @@ def serial_flash(
     progress: _Progress | None = None,
     stop: Any = None,
 ) -> dict[str, Any]: ...
+def agent_target(target: str) -> str: ...
 def serial_agent(
     port: Any,
     target: str,

@@ -190,6 +190,7 @@ def serve_agent(
     ``once``); ``on_transfer(record)`` hears each transfer that reached its
     end, with ``verified`` telling whether the image was committed.
     """
+    _core.agent_target(target)  # a bad target fails before the port is touched
     with opened(port, baud) as handle:
         _core.serial_agent(
             handle,

@@ -19,7 +19,7 @@ mod _core {
     use super::hash::{Hasher, hash_file};
     #[pymodule_export]
     use super::serial::{
-        serial_agent, serial_flash, stm32_emulate, stm32_emulated_chips, stm32_flash, stm32_info,
+        agent_target, serial_agent, serial_flash, stm32_emulate, stm32_emulated_chips, stm32_flash, stm32_info,
         ymodem_receive, ymodem_send,
     };
 

@@ -52,6 +52,13 @@ fn open_slot(target: &str) -> Result<Box<dyn Slot>> {
     }
 }
 
+/// Checks a target URI before any port is opened; returns how the agent
+/// will describe it.
+#[pyfunction]
+pub fn agent_target(target: &str) -> OtaResult<String> {
+    Ok(open_slot(target)?.describe())
+}
+
 /// Sends an image (or, with `delta`, a patch) to `otaflash agent` on `port`.
 #[pyfunction]
 #[pyo3(signature = (

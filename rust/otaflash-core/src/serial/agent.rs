@@ -338,7 +338,8 @@ impl Agent<'_> {
     fn abandon_transfer(&mut self) -> Result<()> {
         if let Some(mut transfer) = self.transfer.take()
             && let Output::Image(writer) = &mut transfer.output
-            && transfer.offset > transfer.last_checkpoint
+            && transfer.offset + transfer.block.as_ref().map_or(0, |b| b.produced)
+                > transfer.last_checkpoint
         {
             // Best effort: the durable checkpoint from before stays valid if this fails.
             let _ = writer.checkpoint();
@@ -497,14 +498,17 @@ impl Agent<'_> {
         if transfer.block.as_ref().is_some_and(|b| b.ended) {
             let block = transfer.block.take();
             transfer.offset += block.map_or(0, |b| b.produced);
-            if let Output::Image(writer) = &mut transfer.output
-                && transfer.offset - transfer.last_checkpoint >= self.options.checkpoint_every
-            {
-                writer
-                    .checkpoint()
-                    .map_err(|e| Refusal::from_error(ErrorCode::Flash, &e))?;
-                transfer.last_checkpoint = transfer.offset;
-            }
+        }
+        // Bytes decoded so far, finished blocks or not: all came in checked
+        // frames, in order, so any of them can be a resume point.
+        let written = transfer.offset + transfer.block.as_ref().map_or(0, |b| b.produced);
+        if let Output::Image(writer) = &mut transfer.output
+            && written - transfer.last_checkpoint >= self.options.checkpoint_every
+        {
+            writer
+                .checkpoint()
+                .map_err(|e| Refusal::from_error(ErrorCode::Flash, &e))?;
+            transfer.last_checkpoint = written;
         }
         let ack = Message::Ack {
             session,

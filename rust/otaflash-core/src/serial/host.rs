@@ -504,7 +504,7 @@ impl<'a> Host<'a> {
                     begin: begin.clone(),
                 },
                 Duration::from_secs(1),
-                options.timeout.max(Duration::from_secs(5)),
+                options.timeout,
                 "starting the transfer",
                 |message| match message {
                     Message::BeginReply {
