@@ -13,6 +13,8 @@ requirements=(
     "rb lrzsz"
     "stm32flash stm32flash"
     "socat socat"
+    "qemu-system-i386 qemu-system-x86"
+    "- u-boot-qemu"
 )
 
 missing=()

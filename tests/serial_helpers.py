@@ -30,7 +30,7 @@ class Background:
 
     def wait(self, timeout: float = 60) -> tuple[int, str, str]:
         out, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, out.decode(), err.decode()
+        return self.proc.returncode, _text(out), _text(err)
 
     def stop(self) -> tuple[int, str, str]:
         if self.proc.poll() is None:
@@ -40,7 +40,11 @@ class Background:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, err = self.proc.communicate()
-        return self.proc.returncode, out.decode(), err.decode()
+        return self.proc.returncode, _text(out), _text(err)
+
+
+def _text(data: bytes | None) -> str:
+    return data.decode(errors="replace") if data else ""
 
 
 def otaflash_argv(*args: str) -> list[str]:

@@ -65,6 +65,7 @@ def send(
             "blocks": report["blocks"],
             "retransmitted": report["retransmitted"],
             "first_eot_acked": report["first_eot_acked"],
+            "end_of_batch_acked": report["end_of_batch_acked"],
         },
     )
 

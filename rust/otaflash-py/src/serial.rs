@@ -261,6 +261,7 @@ pub fn ymodem_send(
     out.set_item("retransmitted", report.retransmitted)?;
     out.set_item("checksum_mode", report.checksum_mode)?;
     out.set_item("first_eot_acked", report.first_eot_acked)?;
+    out.set_item("end_of_batch_acked", report.end_of_batch_acked)?;
     Ok(out.unbind())
 }
 

@@ -63,6 +63,8 @@ pub struct SendReport {
     pub checksum_mode: bool,
     /// The receiver acknowledged the first EOT (U-Boot) instead of NAKing it.
     pub first_eot_acked: bool,
+    /// The receiver acknowledged the empty header that ends the batch.
+    pub end_of_batch_acked: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -129,6 +131,7 @@ pub fn send(
         retransmitted: 0,
         checksum_mode: false,
         first_eot_acked: false,
+        end_of_batch_acked: false,
     };
     let check = wait_for_start(link, options.start_timeout)?;
     report.checksum_mode = check == Check::Checksum;
@@ -149,7 +152,7 @@ pub fn send(
         )));
     }
     let hdr = packet(0, &header, header_size, 0, check);
-    send_packet(link, &hdr, options, &mut report, false)?;
+    send_packet(link, &hdr, options, &mut report)?;
     // A classic receiver now asks for the data with `C`; U-Boot just waits.
     let _ = wait_for(link, &[CRC_REQUEST, NAK], Duration::from_secs(1))?;
 
@@ -164,7 +167,7 @@ pub fn send(
         let data = buf.get_mut(..n).unwrap_or_default();
         source.read_exact_at(offset, data)?;
         let pkt = packet(seq, data, this_size, CPMEOF, check);
-        send_packet(link, &pkt, options, &mut report, true)?;
+        send_packet(link, &pkt, options, &mut report)?;
         report.blocks += 1;
         offset += n as u64;
         seq = seq.wrapping_add(1);
@@ -197,10 +200,24 @@ pub fn send(
         }
     }
 
-    // End of batch: an empty header, once the receiver asks for the next file.
+    // End of batch: an empty header, once the receiver asks for the next
+    // file. Every data block and the EOT were acknowledged already, so the
+    // file is delivered; this ACK is only hygiene. U-Boot ACKs whatever
+    // comes, and lrzsz `rb` flushes its output as it exits, which on a pty
+    // can swallow the ACK: a receiver that goes quiet here is done.
     let _ = wait_for(link, &[CRC_REQUEST, NAK], options.timeout)?;
     let last = packet(0, &[], 128, 0, check);
-    send_packet(link, &last, options, &mut report, false)?;
+    for _ in 0..3 {
+        link.write_all(&last)?;
+        match wait_for(link, &[ACK, NAK, CRC_REQUEST], Duration::from_secs(2))? {
+            Some(ACK) => {
+                report.end_of_batch_acked = true;
+                break;
+            }
+            Some(_) => report.retransmitted += 1,
+            None => break,
+        }
+    }
     Ok(report)
 }
 
@@ -244,14 +261,15 @@ fn wait_for(link: &mut dyn Link, wanted: &[u8], timeout: Duration) -> Result<Opt
     }
 }
 
-/// Sends a packet until the receiver ACKs it. In the data phase a `C` is a
-/// NAK (U-Boot in CRC mode); around block 0 it is a request and ignored.
+/// Sends a packet until the receiver ACKs it. A `C` asks again like a NAK:
+/// U-Boot answers bad packets with `C` in CRC mode, and lrzsz `rb` re-asks
+/// with `C` for a header it flushed. A repeated header or block is harmless:
+/// receivers re-ACK the block they already have.
 fn send_packet(
     link: &mut dyn Link,
     pkt: &[u8],
     options: &SendOptions,
     report: &mut SendReport,
-    data_phase: bool,
 ) -> Result<()> {
     let mut cans = 0;
     for attempt in 0..options.retries {
@@ -271,8 +289,7 @@ fn send_packet(
             };
             match byte {
                 ACK => return Ok(()),
-                NAK => break,
-                CRC_REQUEST if data_phase => break,
+                NAK | CRC_REQUEST => break,
                 CAN => {
                     cans += 1;
                     if cans >= 2 {
