@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -27,6 +28,14 @@ class Background:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
+
+    def ready(self) -> dict[str, Any]:
+        """The first JSON line a `--json` server prints once it listens."""
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, f"{self.argv[3:5]} exited before it was ready: {self.stop()[2]}"
+        record: dict[str, Any] = json.loads(line)
+        return record
 
     def wait(self, timeout: float = 60) -> tuple[int, str, str]:
         out, err = self.proc.communicate(timeout=timeout)

@@ -66,6 +66,7 @@ def stop_on_sigterm() -> threading.Event:
 def run(args: argparse.Namespace, out: Output) -> int:
     from otaflash.cli.flash_serial import resolve_port
     from otaflash.serial import protocol
+    from otaflash.serial.ports import open_port
 
     port = resolve_port(args)
     results: list[dict[str, Any]] = []
@@ -84,21 +85,25 @@ def run(args: argparse.Namespace, out: Output) -> int:
         out.result(text, {"port": port, "target": args.target, **record})
 
     stop = stop_on_sigterm()
-    out.message(f"otaflash agent: serving {port} at {args.baud} baud, writing to {args.target}")
-    try:
-        protocol.serve_agent(
-            port,
-            args.target,
-            baud=args.baud,
-            max_baud=args.max_baud,
-            window=args.window,
-            once=args.once,
-            on_transfer=on_transfer,
-            stop=stop,
+    described = protocol.check_target(args.target)
+    with open_port(port, args.baud) as handle:
+        out.message(
+            f"otaflash agent: serving {port} at {args.baud} baud, writing to {described}"
         )
-    except Cancelled:
-        if not stop.is_set():
-            raise
+        try:
+            protocol.serve_agent(
+                handle,
+                args.target,
+                baud=args.baud,
+                max_baud=args.max_baud,
+                window=args.window,
+                once=args.once,
+                on_transfer=on_transfer,
+                stop=stop,
+            )
+        except Cancelled:
+            if not stop.is_set():
+                raise
     if args.once and not (results and results[-1]["verified"]):
         return 4
     return 0

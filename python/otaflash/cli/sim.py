@@ -63,15 +63,16 @@ def _file_target(target: str) -> str:
 
 def run(args: argparse.Namespace, out: Output) -> int:
     from otaflash.cli.agent import stop_on_sigterm
+    from otaflash.serial.ports import open_port
     from otaflash.sim.pty import PtyPort
 
     stop = stop_on_sigterm()
-    pty = PtyPort() if args.port == "pty" else None
-    port: Any = pty if pty is not None else args.port
-    shown = pty.path if pty is not None else args.port
+    parity = getattr(args, "parity", "none")
+    # Open first, then say so: a peer started on "ready" finds the port listening.
+    port: Any = PtyPort() if args.port == "pty" else open_port(args.port, args.baud, parity=parity)
+    shown = port.path if isinstance(port, PtyPort) else args.port
     try:
-        if pty is not None:
-            out.result(f"serving on {pty.path}", {"event": "ready", "port": pty.path})
+        out.result(f"serving on {shown}", {"event": "ready", "port": shown})
         if args.sim_kind == "stm32":
             return _run_stm32(args, out, port, shown, stop)
         return _run_ymodem(args, out, port, stop)
@@ -80,29 +81,24 @@ def run(args: argparse.Namespace, out: Output) -> int:
             raise
         return 0
     finally:
-        if pty is not None:
-            pty.close()
+        port.close()
 
 
 def _run_stm32(args: argparse.Namespace, out: Output, port: Any, shown: str, stop: Any) -> int:
     from otaflash.sim import stm32
 
     def on_event(record: dict[str, Any]) -> None:
-        details = " ".join(f"{k}={v:#010x}" if k == "address" else f"{k}={v}" for k, v in record.items() if k != "event")
+        details = " ".join(
+            f"{k}={v:#010x}" if k == "address" else f"{k}={v}"
+            for k, v in record.items()
+            if k != "event"
+        )
         out.result(f"stm32: {record['event']} {details}".rstrip(), {"port": shown, **record})
 
     out.message(
         f"otaflash sim: STM32 bootloader ({args.chip}) on {shown}, flash in {args.target}"
     )
-    stm32.serve(
-        port,
-        args.target,
-        chip=args.chip,
-        baud=args.baud,
-        parity=args.parity,
-        on_event=on_event,
-        stop=stop,
-    )
+    stm32.serve(port, args.target, chip=args.chip, on_event=on_event, stop=stop)
     return 0
 
 
@@ -113,7 +109,6 @@ def _run_ymodem(args: argparse.Namespace, out: Output, port: Any, stop: Any) -> 
     files = ymodem.receive(
         port,
         destination,
-        baud=args.baud,
         ack_first_eot=args.uboot,
         start_timeout=args.start_timeout,
         stop=stop,

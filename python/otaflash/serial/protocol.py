@@ -26,7 +26,7 @@ from otaflash.serial.result import FlashResult
 if TYPE_CHECKING:
     from otaflash.progress import ProgressCallback
 
-__all__ = ["patch_target", "send", "send_delta", "serve_agent"]
+__all__ = ["check_target", "patch_target", "send", "send_delta", "serve_agent"]
 
 #: The rate ``otaflash agent`` listens at unless told otherwise.
 AGENT_BAUD = 115200
@@ -171,6 +171,11 @@ def send_delta(
     return result
 
 
+def check_target(target: str) -> str:
+    """Checks a target URI (before any port is opened); returns its description."""
+    return _core.agent_target(target)
+
+
 def serve_agent(
     port: str | serial.SerialBase,
     target: str,
@@ -190,7 +195,7 @@ def serve_agent(
     ``once``); ``on_transfer(record)`` hears each transfer that reached its
     end, with ``verified`` telling whether the image was committed.
     """
-    _core.agent_target(target)  # a bad target fails before the port is touched
+    check_target(target)  # a bad target fails before the port is touched
     with opened(port, baud) as handle:
         _core.serial_agent(
             handle,

@@ -414,8 +414,9 @@ impl Bootloader<'_> {
                 {
                     return self.nack();
                 }
-                self.ack()?;
+                // Heard before the host sees the ACK, so a watcher never lags it.
                 on_event(Event::Go(address))?;
+                self.ack()?;
                 return Ok(Next::Reset);
             }
             cmd::WRITE_MEMORY | cmd::WRITE_MEMORY_NS => {
