@@ -64,9 +64,7 @@ def on_tty(argv: Sequence[str], tty_path: str, *, cwd: Path | None = None) -> Ba
     """Runs ``argv`` with a tty as stdin and stdout (how lrzsz talks to a line)."""
     fd = os.open(tty_path, os.O_RDWR | os.O_NOCTTY)
     try:
-        proc = subprocess.Popen(
-            list(argv), cwd=cwd, stdin=fd, stdout=fd, stderr=subprocess.PIPE
-        )
+        proc = subprocess.Popen(list(argv), cwd=cwd, stdin=fd, stdout=fd, stderr=subprocess.PIPE)
     finally:
         os.close(fd)
     background = Background.__new__(Background)

@@ -230,14 +230,16 @@ def test_a_silent_port_names_the_agent_and_the_baud_rate(tmp_path: Path, image: 
         )
     assert done.returncode == 5
     message = done.stderr.decode()
-    assert "otaflash agent" in message and "baud" in message, message
+    assert "otaflash agent" in message, message
+    assert "baud" in message, message
     assert "Traceback" not in message
 
 
 def test_bad_command_lines_fail_before_touching_a_port(tmp_path: Path, image: Path) -> None:
     missing = run_otaflash(["flash", "--port", "/dev/ttyNOPE0", str(image)])
     assert missing.returncode == 5
-    assert b"no such port" in missing.stderr and b"otaflash list" in missing.stderr
+    assert b"no such port" in missing.stderr
+    assert b"otaflash list" in missing.stderr
     no_image = run_otaflash(["flash", "--port", "/dev/null", str(tmp_path / "nope.bin")])
     assert no_image.returncode == 3
     bad_target = run_otaflash(["agent", "--port", "/dev/null", "--target", "mtd0"])
@@ -248,7 +250,8 @@ def test_bad_command_lines_fail_before_touching_a_port(tmp_path: Path, image: Pa
     )
     assert delta_over_stm32.returncode == 3
     no_port = run_otaflash(["flash", str(image)])
-    assert no_port.returncode == 3 and b"--port" in no_port.stderr
+    assert no_port.returncode == 3
+    assert b"--port" in no_port.stderr
 
 
 def test_a_delta_needs_the_delta_engine_and_says_so(
@@ -349,9 +352,7 @@ def test_rfc2217_urls_work_through_pyserials_own_server(
     # A null-modem cable (socat joins two ptys): the agent on one end, the
     # RFC 2217 server's port on the other.
     near, far = tmp_path / "ttyA", tmp_path / "ttyB"
-    cable = Background(
-        ["socat", f"PTY,link={near},raw,echo=0", f"PTY,link={far},raw,echo=0"]
-    )
+    cable = Background(["socat", f"PTY,link={near},raw,echo=0", f"PTY,link={far},raw,echo=0"])
     deadline = time.monotonic() + 10
     while not (near.exists() and far.exists()) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -191,5 +191,6 @@ def test_cli_sends_ymodem_to_rb(tmp_path: Path, payload: Path) -> None:
             rb.stop()
     assert done.returncode == 0, done.stderr.decode()
     assert code == 0, err
-    assert b'"protocol":"ymodem"' in done.stdout and b'"verified":false' in done.stdout
+    assert b'"protocol":"ymodem"' in done.stdout
+    assert b'"verified":false' in done.stdout
     assert (inbox / "fw.bin").read_bytes() == payload.read_bytes()

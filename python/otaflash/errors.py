@@ -163,7 +163,9 @@ class FlashError(OtaflashError):
 class DeviceError(FlashError):
     """The device refused or failed an operation (a NACK, a write it could not do)."""
 
-    hint = "check that the address is right and the flash is erased and not write-protected"
+    hint: str | None = (
+        "check that the address is right and the flash is erased and not write-protected"
+    )
 
 
 class UnsupportedError(DeviceError):

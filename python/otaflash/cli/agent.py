@@ -87,9 +87,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     stop = stop_on_sigterm()
     described = protocol.check_target(args.target)
     with open_port(port, args.baud) as handle:
-        out.message(
-            f"otaflash agent: serving {port} at {args.baud} baud, writing to {described}"
-        )
+        out.message(f"otaflash agent: serving {port} at {args.baud} baud, writing to {described}")
         try:
             protocol.serve_agent(
                 handle,

@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from otaflash.cli.output import Output
 from otaflash.errors import InputError
+
+if TYPE_CHECKING:
+    from otaflash.progress import ProgressCallback
+    from otaflash.serial.result import FlashResult
 
 NAME = "flash"
 HELP = "flash a device over a serial port (otaflash agent, YMODEM, STM32 bootloader)"
@@ -180,7 +184,6 @@ def run(args: argparse.Namespace, out: Output) -> int:
 def run_serial(args: argparse.Namespace, out: Output) -> int:
     """Flashes over the serial port the arguments name; returns the exit code."""
     from otaflash.progress import ProgressBars
-    from otaflash.serial import protocol, stm32, ymodem
 
     if args.delta and args.image:
         raise InputError("give an IMAGE or --delta PATCH, not both")
@@ -194,51 +197,55 @@ def run_serial(args: argparse.Namespace, out: Output) -> int:
         missing.hint = "check the path"
         raise missing
     port = resolve_port(args)
-    label = os.path.basename(source)
-    with ProgressBars(label=label) as bars:
-        progress = bars if out.wants_progress() else None
-        if args.protocol == "otaflash":
-            common: dict[str, Any] = {
-                "baud": args.baud,
-                "agent_baud": args.agent_baud,
-                "connect_timeout": args.connect_timeout,
-                "timeout": args.timeout,
-                "progress": progress,
-            }
-            if args.delta:
-                result = protocol.send_delta(port, source, **common)
-            else:
-                result = protocol.send(
-                    port,
-                    source,
-                    compress=not args.no_compress,
-                    resume=not args.no_resume,
-                    **common,
-                )
-        elif args.protocol == "ymodem":
-            result = ymodem.send(
-                port,
-                source,
-                baud=args.baud,
-                block_size=args.block_size,
-                start_timeout=args.start_timeout,
-                timeout=args.timeout,
-                progress=progress,
-            )
-        else:
-            go = None if args.go is None else (args.address if args.go == -1 else args.go)
-            result = stm32.flash(
-                port,
-                source,
-                baud=args.baud,
-                parity=args.parity,
-                address=args.address,
-                erase=args.erase,
-                verify=not args.no_verify,
-                go=go,
-                progress=progress,
-            )
-    record = {"image": source, **result.as_record()}
+    with ProgressBars(label=os.path.basename(source)) as bars:
+        result = _flash(args, port, source, bars if out.wants_progress() else None)
+    out.result(_describe(source, result), {"image": source, **result.as_record()})
+    return 0
+
+
+def _flash(
+    args: argparse.Namespace, port: str, source: str, progress: ProgressCallback | None
+) -> FlashResult:
+    from otaflash.serial import protocol, stm32, ymodem
+
+    if args.protocol == "otaflash":
+        common: dict[str, Any] = {
+            "baud": args.baud,
+            "agent_baud": args.agent_baud,
+            "connect_timeout": args.connect_timeout,
+            "timeout": args.timeout,
+            "progress": progress,
+        }
+        if args.delta:
+            return protocol.send_delta(port, source, **common)
+        return protocol.send(
+            port, source, compress=not args.no_compress, resume=not args.no_resume, **common
+        )
+    if args.protocol == "ymodem":
+        return ymodem.send(
+            port,
+            source,
+            baud=args.baud,
+            block_size=args.block_size,
+            start_timeout=args.start_timeout,
+            timeout=args.timeout,
+            progress=progress,
+        )
+    go = None if args.go is None else (args.address if args.go == -1 else args.go)
+    return stm32.flash(
+        port,
+        source,
+        baud=args.baud,
+        parity=args.parity,
+        address=args.address,
+        erase=args.erase,
+        verify=not args.no_verify,
+        go=go,
+        progress=progress,
+    )
+
+
+def _describe(source: str, result: FlashResult) -> str:
     rate = result.effective_bits_per_second / 1000
     text = (
         f"{source}: {result.size} bytes to {result.port} over {result.protocol} "
@@ -248,13 +255,11 @@ def run_serial(args: argparse.Namespace, out: Output) -> int:
         resumed = result.details.get("resumed_from", 0)
         if resumed:
             text += f", resumed at byte {resumed}"
-        text += f", verified by read-back (sha256 {result.sha256})"
-    elif result.protocol == "stm32":
+        return text + f", verified by read-back (sha256 {result.sha256})"
+    if result.protocol == "stm32":
         text += ", verified by read-back" if result.verified else ", NOT verified (--no-verify)"
         started = result.details.get("started_at")
         if started is not None:
             text += f", started at {started:#010x}"
-    else:
-        text += ", every block acknowledged (YMODEM cannot read back)"
-    out.result(text, record)
-    return 0
+        return text
+    return text + ", every block acknowledged (YMODEM cannot read back)"

@@ -1,12 +1,12 @@
 """Simulated devices on a serial port, for trying tools without hardware.
 
-  otaflash sim stm32 --port pty --target file:flash.bin
-      serves an STM32 system bootloader (AN3155) until stopped; with --port pty
-      it makes a pseudo-terminal and prints its path: point stm32flash
-      (-m 8n1), stm32loader or `otaflash flash --protocol stm32` at it.
-  otaflash sim ymodem --port PORT --target file:fw.bin [--uboot]
-      receives one YMODEM batch (like `rb`, or like U-Boot `loady` with
-      --uboot) and exits.
+otaflash sim stm32 --port pty --target file:flash.bin
+    serves an STM32 system bootloader (AN3155) until stopped; with --port pty
+    it makes a pseudo-terminal and prints its path: point stm32flash
+    (-m 8n1), stm32loader or `otaflash flash --protocol stm32` at it.
+otaflash sim ymodem --port PORT --target file:fw.bin [--uboot]
+    receives one YMODEM batch (like `rb`, or like U-Boot `loady` with
+    --uboot) and exits.
 """
 
 from __future__ import annotations
@@ -95,9 +95,7 @@ def _run_stm32(args: argparse.Namespace, out: Output, port: Any, shown: str, sto
         )
         out.result(f"stm32: {record['event']} {details}".rstrip(), {"port": shown, **record})
 
-    out.message(
-        f"otaflash sim: STM32 bootloader ({args.chip}) on {shown}, flash in {args.target}"
-    )
+    out.message(f"otaflash sim: STM32 bootloader ({args.chip}) on {shown}, flash in {args.target}")
     stm32.serve(port, args.target, chip=args.chip, on_event=on_event, stop=stop)
     return 0
 

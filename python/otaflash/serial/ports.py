@@ -220,9 +220,7 @@ def list_ports(
     )
 
 
-def find_port(
-    filters: Iterable[PortFilter], *, ports: Sequence[ListPortInfo] | None = None
-) -> str:
+def find_port(filters: Iterable[PortFilter], *, ports: Sequence[ListPortInfo] | None = None) -> str:
     """The device of the one port matching ``filters``; an error for none or several."""
     wanted = list(filters)
     matches = list_ports(wanted, ports=ports)
@@ -242,4 +240,3 @@ def find_port(
 
 def describe_port(port: str | serial.SerialBase) -> str:
     return port if isinstance(port, str) else str(getattr(port, "port", None) or port)
-

@@ -11,6 +11,7 @@ is the specification.
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 from collections.abc import Callable
@@ -118,7 +119,7 @@ def patch_target(patch: str | os.PathLike[str]) -> tuple[int, str]:
     delta cannot be checked, so it cannot be sent.
     """
     try:
-        from otaflash import delta  # type: ignore[attr-defined]
+        delta: Any = importlib.import_module("otaflash.delta")
     except ImportError:
         delta = None
     info_of: Callable[[str], Any] | None = getattr(delta, "patch_info", None)

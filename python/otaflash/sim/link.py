@@ -220,8 +220,8 @@ class LinkEmulator:
         byte_error = 1 - (1 - self.faults.ber) ** 8
         for name in ("to_device", "to_host"):
             applies = self.faults.direction in ("both", name)
-            self._next_error[name] = (
-                self._position.get(name, 0) + self._gap(byte_error if applies else 0)
+            self._next_error[name] = self._position.get(name, 0) + self._gap(
+                byte_error if applies else 0
             )
             self._next_drop[name] = self._position.get(name, 0) + self._gap(
                 self.faults.drop_rate if applies else 0
@@ -326,42 +326,53 @@ class LinkEmulator:
     def _backlog(self, direction: _Direction, now: float) -> float:
         return max(0.0, direction.line_free_at - now) * direction.rate / 10
 
+    def _deliver(self, now: float) -> None:
+        """Writes what is due to each receiver (nothing while stalled)."""
+        stalled = now < self._stall_until
+        for d in (self._to_device, self._to_host):
+            if d.dst.fileno() < 0:
+                d.pending.clear()
+                continue
+            while not stalled and d.pending and d.pending[0][0] <= now:
+                d.outbuf += d.pending.popleft()[1]
+            if not d.outbuf:
+                continue
+            try:
+                written = os.write(d.dst.fileno(), d.outbuf)
+                del d.outbuf[:written]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                d.outbuf.clear()
+
+    def _wait_sets(self, now: float) -> tuple[list[int], list[int], float]:
+        """What to select on, and for how long."""
+        directions = (self._to_device, self._to_host)
+        # A full transmit buffer holds the sender off, as a real port's does.
+        readers = [
+            d.src.fileno()
+            for d in directions
+            if d.src.fileno() >= 0 and self._backlog(d, now) < self.tx_buffer
+        ]
+        writers = [d.dst.fileno() for d in directions if d.outbuf and d.dst.fileno() >= 0]
+        wait = 0.05
+        due = [d.pending[0][0] for d in directions if d.pending]
+        if due:
+            wait = min(wait, max(0.0, min(due) - now))
+        if now < self._stall_until:
+            wait = min(wait, self._stall_until - now)
+        if len(readers) < sum(1 for d in directions if d.src.fileno() >= 0):
+            wait = min(wait, 0.002)
+        return readers, writers, wait
+
     def _run(self) -> None:
         directions = (self._to_device, self._to_host)
         while self._running:
             with self._lock:
-                now = time.monotonic()
-                stalled = now < self._stall_until
-                for d in directions:
-                    if d.dst.fileno() < 0:
-                        d.pending.clear()
-                        continue
-                    while not stalled and d.pending and d.pending[0][0] <= now:
-                        d.outbuf += d.pending.popleft()[1]
-                    if d.outbuf:
-                        try:
-                            written = os.write(d.dst.fileno(), d.outbuf)
-                            del d.outbuf[:written]
-                        except (BlockingIOError, InterruptedError):
-                            pass
-                        except OSError:
-                            d.outbuf.clear()
-                readers = [
-                    d.src.fileno()
-                    for d in directions
-                    if d.src.fileno() >= 0 and self._backlog(d, now) < self.tx_buffer
-                ]
-                writers = [d.dst.fileno() for d in directions if d.outbuf and d.dst.fileno() >= 0]
-                due = [d.pending[0][0] for d in directions if d.pending]
-                wait = 0.05
-                if due:
-                    wait = min(wait, max(0.0, min(due) - now))
-                if stalled:
-                    wait = min(wait, max(0.0, self._stall_until - now))
-                if any(self._backlog(d, now) >= self.tx_buffer for d in directions):
-                    wait = min(wait, 0.002)
+                self._deliver(time.monotonic())
+                readers, writers, wait = self._wait_sets(time.monotonic())
             try:
-                ready, writable, _ = select.select([*readers, self._wake_r], writers, [], wait)
+                ready, _, _ = select.select([*readers, self._wake_r], writers, [], wait)
             except (OSError, ValueError):
                 continue
             if self._wake_r in ready:
@@ -374,11 +385,8 @@ class LinkEmulator:
                         continue
                     try:
                         data = os.read(fd, 4096)
-                    except (BlockingIOError, InterruptedError):
-                        continue
                     except OSError:
-                        # Nobody has the far end open right now (EIO): wait.
+                        # EAGAIN, or nobody has the far end open right now (EIO).
                         continue
                     if data:
                         self._take(d, data, now)
-

@@ -13,6 +13,7 @@ and no DTR/RTS reset (``stm32flash -m 8n1``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import termios
 import tty
@@ -46,10 +47,8 @@ class PtyPort:
 
     def close(self) -> None:
         for fd in (self._master, self._slave):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self._master = self._slave = -1
 
     def __enter__(self) -> PtyPort:

@@ -19,8 +19,8 @@ mod _core {
     use super::hash::{Hasher, hash_file};
     #[pymodule_export]
     use super::serial::{
-        agent_target, serial_agent, serial_flash, stm32_emulate, stm32_emulated_chips, stm32_flash, stm32_info,
-        ymodem_receive, ymodem_send,
+        agent_target, serial_agent, serial_flash, stm32_emulate, stm32_emulated_chips, stm32_flash,
+        stm32_info, ymodem_receive, ymodem_send,
     };
 
     #[pymodule_init]

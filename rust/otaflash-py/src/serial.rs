@@ -33,7 +33,10 @@ fn parse_sha256(text: &str) -> Result<[u8; 32]> {
     let text = text.trim();
     let bytes: Option<Vec<u8>> = (0..text.len())
         .step_by(2)
-        .map(|i| text.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
         .collect();
     bytes
         .and_then(|b| b.try_into().ok())
@@ -236,8 +239,10 @@ pub fn ymodem_send(
     let mut link = PyLink::new(port, stop)?;
     let mut source = FileSource::open(&path)?;
     let name = name.unwrap_or_else(|| {
-        path.file_name()
-            .map_or_else(|| "firmware.bin".into(), |n| n.to_string_lossy().into_owned())
+        path.file_name().map_or_else(
+            || "firmware.bin".into(),
+            |n| n.to_string_lossy().into_owned(),
+        )
     });
     let mtime = fs::metadata(&path)
         .and_then(|m| m.modified())
@@ -252,7 +257,14 @@ pub fn ymodem_send(
     };
     let mut progress = PyProgress::new(progress);
     let report = py.detach(|| {
-        ymodem::send(&mut link, &name, &mut source, mtime, &options, &mut progress)
+        ymodem::send(
+            &mut link,
+            &name,
+            &mut source,
+            mtime,
+            &options,
+            &mut progress,
+        )
     })?;
     let out = PyDict::new(py);
     out.set_item("name", name)?;
@@ -323,14 +335,27 @@ pub fn ymodem_receive(
 
 fn info_dict<'py>(py: Python<'py>, info: &stm32::Info) -> PyResult<Bound<'py, PyDict>> {
     let out = PyDict::new(py);
-    out.set_item("bootloader_version", format!("{}.{}", info.bootloader_version >> 4, info.bootloader_version & 15))?;
+    out.set_item(
+        "bootloader_version",
+        format!(
+            "{}.{}",
+            info.bootloader_version >> 4,
+            info.bootloader_version & 15
+        ),
+    )?;
     out.set_item("pid", format!("{:#05x}", info.pid))?;
     out.set_item("chip", info.chip.map(|c| c.name))?;
     if let Some(chip) = info.chip {
         out.set_item("flash_start", chip.flash.0)?;
         out.set_item("flash_size", chip.flash_size())?;
     }
-    out.set_item("commands", info.commands.iter().map(|c| format!("{c:#04x}")).collect::<Vec<_>>())?;
+    out.set_item(
+        "commands",
+        info.commands
+            .iter()
+            .map(|c| format!("{c:#04x}"))
+            .collect::<Vec<_>>(),
+    )?;
     Ok(out)
 }
 
@@ -463,6 +488,14 @@ pub fn stm32_emulate(
         })
         .map_err(|e| Error::Callback(Box::new(e)))
     };
-    py.detach(|| emulator::serve(&mut link, &mut store, profile, &CancelToken::new(), &mut report))?;
+    py.detach(|| {
+        emulator::serve(
+            &mut link,
+            &mut store,
+            profile,
+            &CancelToken::new(),
+            &mut report,
+        )
+    })?;
     Ok(())
 }
