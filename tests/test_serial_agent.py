@@ -421,6 +421,7 @@ def test_ports_are_found_by_usb_id_and_serial_number() -> None:
     assert find_port(parse_port_filter("0483:5740"), ports=ports) == "/dev/ttyACM0"
     filters = parse_port_filter("vid=0x0403") + parse_port_filter("serial=ft-b")
     assert find_port(filters, ports=ports) == "/dev/ttyUSB1"
+    assert find_port(parse_port_filter("vid=0403,serial=FT-A"), ports=ports) == "/dev/ttyUSB0"
     with pytest.raises(errors.InputError, match="2 serial ports match"):
         find_port(parse_port_filter("vid=0403"), ports=ports)
     with pytest.raises(errors.TransportError, match="no serial port matches"):

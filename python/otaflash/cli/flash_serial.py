@@ -57,7 +57,7 @@ def add_port_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="pick the USB port with vid=HEX, pid=HEX, serial=TEXT, name=TEXT or VID:PID "
-        "(repeatable; all must match)",
+        "(repeatable or comma-joined; all must match)",
     )
     group.add_argument(
         "--baud",

@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="keep ports with vid=HEX, pid=HEX, serial=TEXT, name=TEXT or VID:PID (repeatable)",
+        help="keep ports with vid=HEX, pid=HEX, serial=TEXT, name=TEXT or VID:PID "
+        "(repeatable or comma-joined)",
     )
 
 

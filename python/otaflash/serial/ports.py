@@ -180,24 +180,34 @@ def _parse_id(text: str) -> int:
 
 
 def parse_port_filter(spec: str) -> list[PortFilter]:
-    """``vid=0483``, ``pid=0x5740``, ``serial=ABC123``, ``name=ttyACM`` or ``0483:5740``."""
+    """``vid=0483``, ``pid=0x5740``, ``serial=ABC123``, ``name=ttyACM``, ``0483:5740``,
+    or several of them joined by commas (all must match)."""
+    filters: list[PortFilter] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if part:
+            filters.extend(_parse_one_filter(part))
+    if not filters:
+        raise InputError(f"empty port filter {spec!r}")
+    return filters
+
+
+def _parse_one_filter(spec: str) -> list[PortFilter]:
+    bad = InputError(
+        f"bad port filter {spec!r}; use vid=HEX, pid=HEX, serial=TEXT, name=TEXT or VID:PID"
+    )
     if "=" not in spec:
         vid, sep, pid = spec.partition(":")
         if sep and vid and pid:
             _parse_id(vid)
             _parse_id(pid)
             return [PortFilter("vid", vid), PortFilter("pid", pid)]
-        raise InputError(
-            f"bad port filter {spec!r}; use vid=HEX, pid=HEX, serial=TEXT, name=TEXT or VID:PID"
-        )
+        raise bad
     key, _, value = spec.partition("=")
     key = key.strip().lower()
     if key == "serial_number":
         key = "serial"
     if key not in FILTER_KEYS or not value:
-        raise InputError(
-            f"bad port filter {spec!r}; use vid=HEX, pid=HEX, serial=TEXT, name=TEXT or VID:PID"
-        )
+        raise bad
     if key in ("vid", "pid"):
         _parse_id(value)
     return [PortFilter(key, value.strip())]

@@ -119,6 +119,23 @@ mod tests {
     }
 
     #[test]
+    fn the_specifications_example_frame() {
+        // docs/serial-protocol.md, section 1: HELLO from session 0x1234.
+        let body = [0x01, 0x4f, 0x54, 0x41, 0x46, 0x01, 0x34, 0x12];
+        let mut wire = Vec::new();
+        encode(&body, &mut wire);
+        assert_eq!(
+            wire,
+            [
+                0x0d, 0x01, 0x4f, 0x54, 0x41, 0x46, 0x01, 0x34, 0x12, 0x16, 0x0e, 0x69, 0x1e,
+                0x00
+            ]
+        );
+        let hello = crate::serial::message::Message::Hello { session: 0x1234 };
+        assert_eq!(hello.encode(), body);
+    }
+
+    #[test]
     fn crc_is_zlibs() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
     }
