@@ -68,7 +68,8 @@ def random_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def firmware(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The corpus pairs in a real run; a small stand-in pair in a test run."""
-    if request.config.getoption("benchmark_disable"):
+    options = request.config.option
+    if options.benchmark_disable and not options.benchmark_enable:
         directory = tmp_path_factory.mktemp("stand-in-corpus")
         rng = random.Random(2)
         for pair in PAIRS:

@@ -134,6 +134,11 @@ def test_the_baud_rate_is_negotiated_on_the_line(image: Path, target: Path) -> N
             assert result.baud == 921_600
             assert target.read_bytes() == image.read_bytes()
             assert link.stats.garbled_by_rate_mismatch == 0
+            # The next host knows nothing of that: it calls at the listening
+            # rate, and the agent, hearing only garbage, goes back to it.
+            again = protocol.send(link.host_port, image, resume=False)
+            assert again.baud == 115_200
+            assert link.stats.garbled_by_rate_mismatch > 0
             # Above what the agent allows: refused, clearly.
             with pytest.raises(errors.UnsupportedError, match="up to 921600"):
                 protocol.send(link.host_port, image, baud=2_000_000)
@@ -442,3 +447,24 @@ def test_list_prints_this_machines_ports() -> None:
         assert os.path.exists(record["device"])
     bad = run_otaflash(["list", "--port-filter", "vid=zz"])
     assert bad.returncode == 3
+
+
+def test_ctrl_c_stops_a_waiting_flash_at_once(image: Path) -> None:
+    import signal
+    import subprocess
+
+    with PtyPort() as lonely:
+        flash = Background(
+            otaflash_argv("flash", "--port", lonely.path, "--connect-timeout", "60", str(image))
+        )
+        time.sleep(1.5)  # well inside the native wait for the agent
+        started = time.monotonic()
+        flash.proc.send_signal(signal.SIGINT)
+        try:
+            code, _, err = flash.wait(10)
+        except subprocess.TimeoutExpired:
+            flash.stop()
+            raise
+    assert code == 130, err
+    assert time.monotonic() - started < 2
+    assert "interrupted" in err

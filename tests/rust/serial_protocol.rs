@@ -328,13 +328,23 @@ fn full_images_arrive_verified_compressed_or_not() {
     assert_eq!(report.payload_bytes, image.len() as u64);
     assert_eq!(report.baud, Some(921_600));
 
+    // Long erased runs: a few bytes of deflate inflate past the inflater's
+    // 32 KiB window within one frame (found on the nrf52 corpus image).
+    let mut erased = firmware(20_000, 9);
+    erased.extend(std::iter::repeat_n(0xFF, 150_000));
+    erased.extend(firmware(30_000, 10));
+    let mut link = device.port.plug();
+    let report = send_image(&mut link, &erased, &HostOptions::default()).unwrap();
+    assert_eq!(fs::read(&target).unwrap(), erased);
+    assert!(report.payload_bytes < 60_000, "{report:?}");
+
     // An empty image is a valid image.
     let mut link = device.port.plug();
     send_image(&mut link, &[], &HostOptions::default()).unwrap();
     assert_eq!(fs::read(&target).unwrap(), b"");
 
     let reports = device.stop();
-    assert_eq!(reports.len(), 4);
+    assert_eq!(reports.len(), 5);
     assert!(reports.iter().all(|r| r.verified));
     fs::remove_dir_all(dir).unwrap();
 }

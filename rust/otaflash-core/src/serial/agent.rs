@@ -207,9 +207,11 @@ impl Agent<'_> {
         let mut buf = vec![0u8; 4096];
         loop {
             cancel.check()?;
+            // Checked whatever arrives: bytes at a rate we left behind are
+            // garbage, not a sign that the host is still there.
+            self.idle()?;
             let n = self.link.read(&mut buf, POLL)?;
             if n == 0 {
-                self.idle()?;
                 continue;
             }
             self.reader
@@ -229,7 +231,7 @@ impl Agent<'_> {
         }
     }
 
-    /// Nothing arrived for a while: fall back to the listening rate if a
+    /// No valid frame for a while: fall back to the listening rate if a
     /// host switched rates and went away.
     fn idle(&mut self) -> Result<()> {
         if self.baud != self.options.baud && self.last_valid.elapsed() >= self.options.idle_revert {
@@ -619,7 +621,13 @@ impl Agent<'_> {
                         }
                         break;
                     }
-                    if consumed == 0 && produced < out.len() {
+                    // The inflater may hand out pending output without
+                    // taking input (and vice versa): stop only when a call
+                    // does neither.
+                    if consumed == 0 && produced == 0 {
+                        if !input.is_empty() {
+                            return Err(protocol("a compressed block stalled the inflater".into()));
+                        }
                         break;
                     }
                 }
