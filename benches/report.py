@@ -9,6 +9,8 @@ import json
 import sys
 from collections.abc import Callable
 
+from report_serial import serial_report
+
 MIB = 1 << 20
 HASH_BYTES = 256 * MIB
 
@@ -76,10 +78,12 @@ def main(path: str) -> int:
             lambda r: r <= 0.60,
             f"({two * 1e3:.0f} ms vs {one * 1e3:.0f} ms)",
         )
-    width = max(len(r[0]) for r in rows)
-    print(f"{'measure':<{width}}  ratio   target")
-    for label, value, target, passed in rows:
-        print(f"{label:<{width}}  {value:>6}  {target}  {'ok' if passed else 'MISSED'}")
+    if rows:
+        width = max(len(r[0]) for r in rows)
+        print(f"{'measure':<{width}}  ratio   target")
+        for label, value, target, passed in rows:
+            print(f"{label:<{width}}  {value:>6}  {target}  {'ok' if passed else 'MISSED'}")
+    failures += serial_report(benches)
     return 1 if failures else 0
 
 

@@ -30,6 +30,12 @@ requirements=(
     "bspatch bsdiff"
     "xdelta3 xdelta3"
     "zstd zstd"
+    "sb lrzsz"
+    "rb lrzsz"
+    "stm32flash stm32flash"
+    "socat socat"
+    "qemu-system-i386 qemu-system-x86"
+    "- u-boot-qemu"
 )
 
 missing=()

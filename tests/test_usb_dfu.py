@@ -435,8 +435,9 @@ def test_cli_flash_and_list_with_json(tmp_path: Path, capsys: pytest.CaptureFixt
     fw = image(tmp_path, 7000)
     with default_bus(device):
         assert main(["list", "--json"]) == 0
-        listed = json.loads(capsys.readouterr().out)
-        assert listed["kind"] == "usb-dfu"
+        records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        (listed,) = [r for r in records if r["kind"] == "usb-dfu"]
+        assert {r["kind"] for r in records} <= {"serial", "usb-dfu"}
         assert listed["usb_id"] == "0483:df11"
         code = main(
             ["flash", "--json", "-d", "0483:df11", "-a", "0", "-s", "0x08001000:leave", str(fw)]

@@ -12,6 +12,7 @@ __all__ = [
     "Hasher",
     "InstallSession",
     "__version__",
+    "agent_target",
     "apply_file",
     "apply_patch_in_place",
     "begin_install",
@@ -26,6 +27,14 @@ __all__ = [
     "diff",
     "hash_file",
     "patch_info",
+    "serial_agent",
+    "serial_flash",
+    "stm32_emulate",
+    "stm32_emulated_chips",
+    "stm32_flash",
+    "stm32_info",
+    "ymodem_receive",
+    "ymodem_send",
 ]
 
 __version__: str
@@ -177,3 +186,79 @@ class FlashBlocks:
     def erase(self, offset: int, length: int) -> None: ...
     def program(self, offset: int, data: Buffer) -> None: ...
     def sync(self) -> None: ...
+
+def serial_flash(
+    port: Any,
+    path: str,
+    *,
+    delta: bool = False,
+    image_size: int | None = None,
+    image_sha256: str | None = None,
+    line_rate: int | None = None,
+    switch_baud: int | None = None,
+    compress: bool = True,
+    block_size: int = 65536,
+    window: int | None = None,
+    connect_timeout: float = 10.0,
+    timeout: float = 10.0,
+    resume: bool = True,
+    progress: _Progress | None = None,
+    stop: Any = None,
+) -> dict[str, Any]: ...
+def agent_target(target: str) -> str: ...
+def serial_agent(
+    port: Any,
+    target: str,
+    *,
+    baud: int = 115200,
+    max_baud: int = 4000000,
+    window: int = 16384,
+    max_block: int = 1048576,
+    checkpoint_every: int = 65536,
+    once: bool = False,
+    progress: _Progress | None = None,
+    on_transfer: Callable[[dict[str, Any]], object] | None = None,
+    stop: Any = None,
+) -> None: ...
+def ymodem_send(
+    port: Any,
+    path: str,
+    *,
+    name: str | None = None,
+    block_size: int = 1024,
+    start_timeout: float = 60.0,
+    timeout: float = 10.0,
+    progress: _Progress | None = None,
+    stop: Any = None,
+) -> dict[str, Any]: ...
+def ymodem_receive(
+    port: Any,
+    destination: str,
+    *,
+    ack_first_eot: bool = False,
+    start_timeout: float = 60.0,
+    timeout: float = 3.0,
+    progress: _Progress | None = None,
+    stop: Any = None,
+) -> list[dict[str, Any]]: ...
+def stm32_flash(
+    port: Any,
+    path: str,
+    *,
+    address: int = 0x08000000,
+    erase: str = "pages",
+    verify: bool = True,
+    go: int | None = None,
+    progress: _Progress | None = None,
+    stop: Any = None,
+) -> dict[str, Any]: ...
+def stm32_info(port: Any, *, stop: Any = None) -> dict[str, Any]: ...
+def stm32_emulated_chips() -> list[tuple[str, str, int]]: ...
+def stm32_emulate(
+    port: Any,
+    flash: str,
+    *,
+    chip: str = "f407",
+    on_event: Callable[[dict[str, Any]], object] | None = None,
+    stop: Any = None,
+) -> None: ...

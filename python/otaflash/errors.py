@@ -46,6 +46,7 @@ __all__ = [
     "EXIT_USAGE",
     "Cancelled",
     "CorruptPatchError",
+    "DeviceError",
     "DeviceNotFoundError",
     "DfuFileError",
     "DfuStatusError",
@@ -56,15 +57,18 @@ __all__ = [
     "ForeignPatchError",
     "GeometryError",
     "InputError",
+    "LinkTimeoutError",
     "MissingFileError",
     "NotAFileError",
     "OtaflashError",
     "PatchError",
+    "ProtocolError",
     "RuleError",
     "SlotError",
     "TargetError",
     "TransportError",
     "UnknownAlgorithmError",
+    "UnsupportedError",
     "UnsupportedPatchError",
     "UsbError",
     "UsbPermissionError",
@@ -181,6 +185,21 @@ class TargetError(InputError):
         return str(self.args[0])
 
 
+class LinkTimeoutError(TransportError):
+    """The device stopped answering (or never started)."""
+
+    hint = (
+        "check that the device runs its bootloader or `otaflash agent` at this baud rate; "
+        "an interrupted otaflash transfer resumes when the same command is run again"
+    )
+
+
+class ProtocolError(TransportError):
+    """The device answered something its protocol does not allow."""
+
+    hint = "check that --protocol matches what the device runs, and the baud rate"
+
+
 class FlashError(OtaflashError):
     """The flash refused an erase, program or read.
 
@@ -213,6 +232,20 @@ class FlashError(OtaflashError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class DeviceError(FlashError):
+    """The device refused or failed an operation (a NACK, a write it could not do)."""
+
+    hint: str | None = (
+        "check that the address is right and the flash is erased and not write-protected"
+    )
+
+
+class UnsupportedError(DeviceError):
+    """The device does not support what was asked of it."""
+
+    hint = None
 
 
 class GeometryError(FlashError, ValueError):

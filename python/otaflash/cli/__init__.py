@@ -1,7 +1,8 @@
 """The ``otaflash`` command line.
 
 ``main(argv)`` is embeddable (returns the exit code, never calls sys.exit);
-each verb lives in its own module here with ``NAME``, ``HELP``,
+each verb lives in its own module here (``VERBS`` lists module names; the
+verb is the module's ``NAME``) with ``NAME``, ``HELP``,
 ``add_arguments(parser)`` and ``run(args, out) -> int``. Verb modules keep
 heavy imports inside ``run`` so ``otaflash --help`` stays fast.
 """
@@ -31,13 +32,15 @@ VERBS: tuple[str, ...] = (
     "verify",
     "info",
     "slot",
+    "list_devices",
+    "agent",
+    "sim",
     "update",
     "check",
     "watch",
     "serve",
     "publish",
     "packages",
-    "list_usb",
 )
 
 EPILOG = """\

@@ -1,12 +1,17 @@
-"""Write a firmware image to a device, erase/program/verify every block.
+"""Write a firmware image to a device and verify it.
 
-The destination is one of the transports below: --target (a Linux MTD
-device, a simulated flash or an image file) or --usb (a USB DFU or DfuSe
-device, e.g. an STM32 bootloader: `--usb 0483:df11`; IMAGE is a raw image,
-one with a DFU suffix, or a DfuSe .dfu file; see the USB DFU options). Blocks that already hold the
-right bytes are skipped (compared by SHA-256 first), blank blocks are not
-erased, every written block is read back. On NAND, bad blocks are skipped
-and blocks that fail are marked bad and relocated, as nandwrite does.
+The destination is one of three transports:
+  --target  a Linux MTD device, a simulated flash or an image file. Blocks
+            that already hold the right bytes are skipped (compared by
+            SHA-256 first), blank blocks are not erased, every written block
+            is read back. On NAND, bad blocks are skipped and blocks that
+            fail are marked bad and relocated, as nandwrite does.
+  --port    a serial line: `otaflash agent` on the device (resumable, deltas
+            applied on the device), U-Boot `loady`/lrzsz (YMODEM), or the
+            STM32 system bootloader; see --protocol.
+  --usb     a USB DFU or DfuSe device, e.g. an STM32 bootloader
+            (`--usb 0483:df11`); IMAGE is a raw image, one with a DFU suffix,
+            or a DfuSe .dfu file.
 
 Layouts: raw (default) writes at --offset; ab writes the inactive slot and
 switches to a trial boot of it (`otaflash slot boot|confirm` then); inplace
@@ -21,25 +26,42 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from otaflash.cli import usb_options
+from otaflash.cli import serial_options, usb_options
 from otaflash.cli.output import Output
 from otaflash.cli.targets import TARGET_HELP, parse_number
 from otaflash.errors import InputError
 
 NAME = "flash"
-HELP = "write an image to a device (MTD, simulated flash, image file, USB DFU)"
+HELP = "write an image to a device (MTD, simulated flash, image file, serial port, USB DFU)"
 
 #: Transports, by the option that selects them: each writes args.image and
-#: returns the JSON record. A UART (--port) or USB DFU (--usb) transport adds
-#: its option to the group in add_arguments and its function here.
+#: returns the JSON record. A new transport adds its option to the
+#: destination group in add_arguments and its function here.
 Destination = Callable[[argparse.Namespace, Output], dict[str, Any]]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("image", metavar="IMAGE", help="the firmware image file")
-    where = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument("image", nargs="?", metavar="IMAGE", help="the firmware image file")
+    # Not argparse-required: a missing destination is a user error (exit 3)
+    # whose message lists the choices.
+    where = parser.add_mutually_exclusive_group()
     where.add_argument("--target", "-t", metavar="TARGET", help=TARGET_HELP)
+    serial_options.add_arguments(parser, where)
     usb_options.add_arguments(parser, where)
+    memory = parser.add_argument_group("device memory (with --usb, or --port --protocol stm32)")
+    memory.add_argument(
+        "--address",
+        "-s",
+        metavar="ADDR[:leave][:mass-erase]",
+        help="where the image goes (DfuSe default: the start of the alt's memory; STM32: "
+        "0x08000000); :leave runs it afterwards, :mass-erase erases all flash first "
+        "(dfu-util's -s)",
+    )
+    memory.add_argument("--mass-erase", action="store_true", help="erase all flash first")
+    memory.add_argument("--leave", action="store_true", help="run the firmware afterwards")
+    memory.add_argument(
+        "--no-verify", action="store_true", help="do not read the image back (not recommended)"
+    )
     parser.add_argument(
         "--offset",
         "-o",
@@ -62,14 +84,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    if not os.path.isfile(args.image):
-        raise InputError(f"{args.image}: no such image file")
-    for option, destination in DESTINATIONS.items():
-        if getattr(args, option, None) is not None:
-            record = destination(args, out)
-            out.result(DESCRIBE.get(option, _describe)(record), record)
-            return 0
-    raise InputError("no destination given")  # argparse enforces one; kept for clarity
+    given = [option for option in DESTINATIONS if getattr(args, option, None) not in (None, [])]
+    if len({DESTINATIONS[option] for option in given}) > 1:
+        raise InputError(f"give one destination, not {' and '.join('--' + o for o in given)}")
+    if given:
+        option = given[0]
+        destination = DESTINATIONS[option]
+        # The serial destination checks its own source (an image or --delta PATCH).
+        if destination is not serial_options.flash:
+            if not args.image:
+                raise InputError("no image given")
+            if not os.path.isfile(args.image):
+                raise InputError(f"{args.image}: no such image file")
+        record = destination(args, out)
+        out.result(DESCRIBE.get(option, _describe)(record), record)
+        return 0
+    raise InputError(
+        "no destination given; use --target TARGET, --port PORT (or --port-filter) or --usb VID:PID"
+    )
 
 
 def _to_target(args: argparse.Namespace, out: Output) -> dict[str, Any]:
@@ -99,9 +131,18 @@ def _write(target: Any, args: argparse.Namespace, offset: int, progress: Any) ->
     )
 
 
-DESTINATIONS: dict[str, Destination] = {"target": _to_target, "usb": usb_options.flash}
+DESTINATIONS: dict[str, Destination] = {
+    "target": _to_target,
+    "port": serial_options.flash,
+    "port_filter": serial_options.flash,
+    "usb": usb_options.flash,
+}
 #: Result lines of the destinations that word them their own way.
-DESCRIBE: dict[str, Callable[[dict[str, Any]], str]] = {"usb": usb_options.describe}
+DESCRIBE: dict[str, Callable[[dict[str, Any]], str]] = {
+    "port": serial_options.describe,
+    "port_filter": serial_options.describe,
+    "usb": usb_options.describe,
+}
 
 
 def _describe(record: dict[str, Any]) -> str:

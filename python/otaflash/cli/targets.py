@@ -34,6 +34,29 @@ def parse_number(text: str) -> int:
     return number
 
 
+def parse_address(text: str | None) -> tuple[int | None, bool, bool]:
+    """``--address ADDR[:leave][:mass-erase]`` (dfu-util's ``-s``) as
+    ``(address or None, leave, mass_erase)``."""
+    if text is None:
+        return None, False, False
+    head, *modifiers = text.split(":")
+    known = {"leave", "mass-erase"}
+    for modifier in modifiers:
+        if modifier not in known:
+            raise InputError(
+                f"--address {text!r}: unknown modifier {modifier!r} (use :leave or :mass-erase)"
+            )
+    address = None
+    if head:
+        try:
+            address = int(head, 0)
+        except ValueError:
+            raise InputError(f"--address {text!r}: {head!r} is not a number") from None
+        if not 0 <= address < 1 << 32:
+            raise InputError(f"--address {text!r} does not fit 32 bits")
+    return address, "leave" in modifiers, "mass-erase" in modifiers
+
+
 def human(size: int) -> str:
     for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if size >= factor and size % (factor // 1024 or 1) == 0:

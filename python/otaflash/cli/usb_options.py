@@ -26,6 +26,7 @@ import os
 from typing import Any
 
 from otaflash.cli.output import Output
+from otaflash.cli.targets import parse_address, parse_number
 from otaflash.errors import InputError
 
 USB_HELP = (
@@ -36,7 +37,8 @@ USB_HELP = (
 
 def add_arguments(parser: argparse.ArgumentParser, where: Any) -> None:
     """``--usb`` joins the destination group ``where``; the rest go in a
-    "USB DFU" group of ``parser``."""
+    "USB DFU" group of ``parser`` (``--address``, ``--no-verify``,
+    ``--mass-erase`` and ``--leave`` are the flash verb's own)."""
     where.add_argument("--usb", "-d", metavar="VID:PID[,...]", help=USB_HELP)
     group = parser.add_argument_group("USB DFU (with --usb)")
     group.add_argument(
@@ -46,47 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser, where: Any) -> None:
         help="alt setting by number or name prefix (dfu-util's -a; default: the .dfu file's "
         "target, else alt 0)",
     )
-    group.add_argument(
-        "--address",
-        "-s",
-        metavar="ADDR[:leave][:mass-erase]",
-        help="DfuSe: where a raw image goes (default: the start of the alt's memory); "
-        ":leave runs the firmware afterwards, :mass-erase erases all flash first "
-        "(dfu-util's -s)",
-    )
     group.add_argument("--serial-number", "-S", metavar="S", help="the device's serial number")
     group.add_argument(
         "--transfer-size", type=int, metavar="N", help="bytes per transfer (default: the device's)"
     )
-    group.add_argument("--mass-erase", action="store_true", help="DfuSe: erase all flash first")
-    group.add_argument("--leave", action="store_true", help="DfuSe: run the firmware afterwards")
     group.add_argument(
         "--reset", "-R", action="store_true", help="plain DFU: USB reset after manifestation"
     )
-    group.add_argument(
-        "--no-verify", action="store_true", help="do not read the image back (not recommended)"
-    )
-
-
-def _address(text: str | None) -> tuple[int | None, bool, bool]:
-    if text is None:
-        return None, False, False
-    head, *modifiers = text.split(":")
-    known = {"leave", "mass-erase"}
-    for modifier in modifiers:
-        if modifier not in known:
-            raise InputError(
-                f"--address {text!r}: unknown modifier {modifier!r} (use :leave or :mass-erase)"
-            )
-    address = None
-    if head:
-        try:
-            address = int(head, 0)
-        except ValueError:
-            raise InputError(f"--address {text!r}: {head!r} is not a number") from None
-        if not 0 <= address < 1 << 32:
-            raise InputError(f"--address {text!r} does not fit 32 bits")
-    return address, "leave" in modifiers, "mass-erase" in modifiers
 
 
 def flash(args: argparse.Namespace, out: Output, *, backend: Any = None) -> dict[str, Any]:
@@ -95,7 +63,7 @@ def flash(args: argparse.Namespace, out: Output, *, backend: Any = None) -> dict
     from otaflash.progress import ProgressBars
     from otaflash.usb import flash_file, parse_selector
 
-    if getattr(args, "layout", "raw") != "raw" or parse_offset(args) != 0:
+    if args.layout != "raw" or parse_number(args.offset) != 0:
         raise InputError("--layout and --offset are for --target; a DfuSe image goes at --address")
     selector = parse_selector(args.usb)
     if args.serial_number:
@@ -103,7 +71,7 @@ def flash(args: argparse.Namespace, out: Output, *, backend: Any = None) -> dict
     alt: int | str | None = None
     if args.alt is not None:
         alt = int(args.alt) if args.alt.isdigit() else args.alt
-    address, leave, mass_erase = _address(args.address)
+    address, leave, mass_erase = parse_address(args.address)
     options: dict[str, Any] = {
         "address": address,
         "alt": alt,
@@ -122,12 +90,6 @@ def flash(args: argparse.Namespace, out: Output, *, backend: Any = None) -> dict
     return result.as_record()
 
 
-def parse_offset(args: argparse.Namespace) -> int:
-    from otaflash.cli.targets import parse_number
-
-    return parse_number(getattr(args, "offset", "0") or "0")
-
-
 def describe(record: dict[str, Any]) -> str:
     where = ", ".join(f"{e['size']} bytes at {e['address']:#010x}" for e in record["elements"])
     if record["protocol"] == "dfu":
@@ -143,3 +105,16 @@ def describe(record: dict[str, Any]) -> str:
     if record["left"]:
         text += "; the device now runs it"
     return text
+
+
+def describe_listing(record: dict[str, Any]) -> list[str]:
+    """The ``otaflash list`` lines of one DFU device."""
+    lines = [
+        f"{record['usb_id']}  {record['mode']:<7}  serial={record['serial'] or '-'}  "
+        f"path={record['path'] or '-'}  {record['product'] or ''}".rstrip()
+    ]
+    for alt in record["alts"]:
+        lines.append(f"    alt {alt['alt']}: {alt['name'] or '(no name)'}")
+    if record.get("access_error"):
+        lines.append(f"    {record['access_error']}")
+    return lines

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -93,6 +94,38 @@ pub enum Error {
     /// A DFU firmware file (suffix, DfuSe structure) is corrupt or foreign.
     #[error("{file}: {reason}")]
     DfuFile { file: String, reason: String },
+    /// The link to a device (serial port, socket) failed or was closed.
+    #[error("{port}: {message}")]
+    Link {
+        port: String,
+        message: String,
+        #[source]
+        source: Option<io::Error>,
+    },
+
+    /// The device did not answer in time.
+    #[error("{port}: no reply from the device for {:.1} s while {waiting_for}", timeout.as_secs_f64())]
+    Timeout {
+        port: String,
+        waiting_for: String,
+        timeout: Duration,
+    },
+
+    /// The peer sent something the protocol does not allow.
+    #[error("{port}: {protocol} protocol error: {message}")]
+    Protocol {
+        port: String,
+        protocol: &'static str,
+        message: String,
+    },
+
+    /// The device answered but refused or failed an operation.
+    #[error("{port}: the device {message}")]
+    Device {
+        port: String,
+        kind: DeviceErrorKind,
+        message: String,
+    },
 
     /// A caller-supplied callback (progress, I/O adapter) failed; the caller's
     /// own error is carried through unchanged so it can be re-raised as is.
@@ -100,7 +133,40 @@ pub enum Error {
     Callback(Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// What a device-side failure was about; the binding maps each to the
+/// matching `otaflash.errors` class (flash, patch, verify, bad request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeviceErrorKind {
+    /// The device's storage refused or failed (erase, write, read, NACK).
+    Flash,
+    /// The device rejected a patch (corrupt, foreign, wrong old image).
+    Patch,
+    /// What the device wrote does not read back as expected.
+    Verify,
+    /// The device does not support what was asked (a capability, a size).
+    Unsupported,
+    /// Anything else the device reported.
+    Other,
+}
+
 impl Error {
+    pub fn link(port: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Link {
+            port: port.into(),
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub fn link_io(port: impl Into<String>, action: &str, source: io::Error) -> Self {
+        Self::Link {
+            port: port.into(),
+            message: format!("cannot {action}: {}", describe_io(&source)),
+            source: Some(source),
+        }
+    }
+
     pub fn io(action: &'static str, path: impl AsRef<Path>, source: io::Error) -> Self {
         Self::Io {
             action,

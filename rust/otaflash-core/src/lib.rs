@@ -21,5 +21,6 @@ pub mod inplace;
 pub mod io;
 pub mod patch;
 pub mod progress;
+pub mod serial;
 
-pub use error::{Error, Result};
+pub use error::{DeviceErrorKind, Error, Result};

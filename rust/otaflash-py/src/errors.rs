@@ -2,7 +2,7 @@
 //! pure Python (`otaflash.errors`) so they can be documented, pickled and
 //! caught without the extension; they are imported here lazily.
 
-use otaflash_core::Error;
+use otaflash_core::{DeviceErrorKind, Error};
 use pyo3::PyErr;
 use pyo3::exceptions::PyRuntimeError;
 use std::io::ErrorKind;
@@ -24,6 +24,12 @@ pyo3::import_exception!(otaflash.errors, ForeignPatchError);
 pyo3::import_exception!(otaflash.errors, UnsupportedPatchError);
 pyo3::import_exception!(otaflash.errors, WrongOldImageError);
 pyo3::import_exception!(otaflash.errors, DfuFileError);
+pyo3::import_exception!(otaflash.errors, TransportError);
+pyo3::import_exception!(otaflash.errors, LinkTimeoutError);
+pyo3::import_exception!(otaflash.errors, ProtocolError);
+pyo3::import_exception!(otaflash.errors, DeviceError);
+pyo3::import_exception!(otaflash.errors, UnsupportedError);
+pyo3::import_exception!(otaflash.errors, PatchError);
 
 /// A core error on its way to Python; also wraps a `PyErr` raised inside a
 /// callback so it comes back out unchanged.
@@ -88,6 +94,16 @@ impl From<OtaError> for PyErr {
                 ..
             } => WrongOldImageError::new_err((message, expected_sha256, actual_sha256)),
             Error::DfuFile { file, .. } => DfuFileError::new_err((message, file)),
+            Error::Link { .. } => TransportError::new_err(message),
+            Error::Timeout { .. } => LinkTimeoutError::new_err(message),
+            Error::Protocol { .. } => ProtocolError::new_err(message),
+            Error::Device { kind, .. } => match kind {
+                DeviceErrorKind::Patch => PatchError::new_err(message),
+                DeviceErrorKind::Verify => VerifyError::new_err((message,)),
+                DeviceErrorKind::Unsupported => UnsupportedError::new_err(message),
+                DeviceErrorKind::Flash => DeviceError::new_err(message),
+                _ => TransportError::new_err(message),
+            },
             Error::Callback(inner) => match inner.downcast::<PyErr>() {
                 Ok(py_err) => *py_err,
                 Err(other) => PyRuntimeError::new_err(other.to_string()),

@@ -9,7 +9,9 @@ mod errors;
 mod flash;
 mod hash;
 mod install;
+mod link;
 mod progress;
+mod serial;
 
 use pyo3::prelude::*;
 
@@ -19,6 +21,11 @@ mod _core {
 
     #[pymodule_export]
     use super::hash::{Hasher, hash_file};
+    #[pymodule_export]
+    use super::serial::{
+        agent_target, serial_agent, serial_flash, stm32_emulate, stm32_emulated_chips, stm32_flash,
+        stm32_info, ymodem_receive, ymodem_send,
+    };
 
     #[pymodule_export]
     use super::delta::{Applier, apply_file, checkpoint_offsets, diff, patch_info};
