@@ -13,7 +13,10 @@
 //! New update kinds (a delta applier feeding the writer, the delta engine's
 //! in-place kind) plug in as another `UpdateDriver`.
 
-use otaflash_core::flash::{PowerCut, SimFlash, Tear};
+use otaflash_core::flash::{
+    AbLayout, AbPhase, FlashKind, Geometry, ImageInfo, NextAction, PowerCut, SimFlash, SimOptions,
+    SingleSlot, Tear,
+};
 use otaflash_core::{Error, Result};
 
 pub trait UpdateDriver {
@@ -241,4 +244,98 @@ fn check_ends(
         ));
     }
     Ok(())
+}
+
+// -- fixtures the campaign tests share ----------------------------------------
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut hasher = otaflash_core::hash::Hasher::new(otaflash_core::hash::HashAlgorithm::Sha256);
+    hasher.update(data);
+    hasher.finalize().as_bytes().try_into().unwrap()
+}
+
+pub fn info(data: &[u8]) -> ImageInfo {
+    ImageInfo {
+        size: data.len() as u64,
+        sha256: sha256(data),
+    }
+}
+
+pub fn nor() -> (Geometry, SimOptions) {
+    let g = Geometry {
+        kind: FlashKind::Nor,
+        size: 14 * 65536,
+        erase_size: 65536,
+        write_size: 1,
+        page_size: 256,
+        oob_size: 0,
+    };
+    (g, SimOptions::default())
+}
+
+pub fn nand() -> (Geometry, SimOptions) {
+    let g = Geometry {
+        kind: FlashKind::Nand,
+        size: 14 * 131072,
+        erase_size: 131072,
+        write_size: 512,
+        page_size: 2048,
+        oob_size: 64,
+    };
+    let options = SimOptions {
+        bad_blocks: vec![6],
+        ..Default::default()
+    };
+    (g, options)
+}
+
+pub fn ab_booted(flash: &mut SimFlash) -> Result<[u8; 32]> {
+    let mut layout = AbLayout::open(flash)?;
+    let state = layout.state().clone();
+    if state.phase != AbPhase::Idle {
+        return Err(Error::Slot(format!("still pending: {:?}", state.phase)));
+    }
+    let image = state.images[usize::from(state.active)]
+        .ok_or_else(|| Error::Slot("the active slot holds no recorded image".into()))?;
+    let digest = layout.slot_digest(state.active, image.size)?;
+    if digest != image.sha256 {
+        return Err(Error::Slot(
+            "the active slot does not hold its recorded image".into(),
+        ));
+    }
+    Ok(digest)
+}
+
+pub fn single_booted(flash: &mut SimFlash) -> Result<[u8; 32]> {
+    let mut slot = SingleSlot::open(flash)?;
+    let state = slot.state().clone();
+    if let NextAction::ResumeInPlace { .. } = state.next_action() {
+        return Err(Error::Slot("an in-place update is still pending".into()));
+    }
+    let image = state
+        .image
+        .ok_or_else(|| Error::Slot("the slot holds no recorded image".into()))?;
+    let digest = slot.slot_digest(image.size)?;
+    if digest != image.sha256 {
+        return Err(Error::Slot(
+            "the slot does not hold its recorded image".into(),
+        ));
+    }
+    Ok(digest)
+}
+
+/// Runs the campaign for `driver` on a blank device and prints its summary.
+pub fn campaign(driver: &dyn UpdateDriver, (geometry, options): (Geometry, SimOptions)) {
+    let mut flash = SimFlash::new(geometry, options).unwrap();
+    let report = match run_campaign(driver, &mut flash, CampaignConfig::default()) {
+        Ok(report) => report,
+        Err(failure) => panic!("{} on {}: {failure}", driver.name(), geometry.kind),
+    };
+    println!(
+        "power-cut campaign [{}] {}",
+        geometry.kind,
+        report.summary()
+    );
+    assert!(report.boundary_cuts >= report.operations && report.random_sequences >= 1000);
+    assert!(report.ended_old + report.ended_new > 0 && report.torn_cuts > 0);
 }

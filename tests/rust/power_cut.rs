@@ -7,29 +7,19 @@
 #[path = "campaign.rs"]
 mod campaign;
 
-use campaign::{CampaignConfig, UpdateDriver, run_campaign};
+use campaign::{
+    CampaignConfig, UpdateDriver, ab_booted, campaign, info, nand, nor, run_campaign, sha256,
+    single_booted,
+};
 use otaflash_core::flash::{
-    AbLayout, AbPhase, BlockDevice, FlashKind, Geometry, ImageInfo, NextAction, RegionReader,
-    SharedDevice, SimFlash, SimOptions, SingleSlot, WriteOptions,
+    AbLayout, BlockDevice, NextAction, RegionReader, SharedDevice, SimFlash, SimOptions,
+    SingleSlot, WriteOptions,
 };
 use otaflash_core::inplace::InPlaceTarget;
 use otaflash_core::io::ImageSink;
 use otaflash_core::io::ReadAt;
 use otaflash_core::progress::NoProgress;
 use otaflash_core::{Error, Result};
-
-fn sha256(data: &[u8]) -> [u8; 32] {
-    let mut hasher = otaflash_core::hash::Hasher::new(otaflash_core::hash::HashAlgorithm::Sha256);
-    hasher.update(data);
-    hasher.finalize().as_bytes().try_into().unwrap()
-}
-
-fn info(data: &[u8]) -> ImageInfo {
-    ImageInfo {
-        size: data.len() as u64,
-        sha256: sha256(data),
-    }
-}
 
 /// A reference update: ~300 KB, about half of its 64 KiB pieces changed,
 /// and a different length, so skip-unchanged and the tail both matter.
@@ -44,34 +34,6 @@ fn reference_images(seed: u64) -> (Vec<u8>, Vec<u8>) {
         }
     }
     (old, new)
-}
-
-fn nor() -> (Geometry, SimOptions) {
-    let g = Geometry {
-        kind: FlashKind::Nor,
-        size: 14 * 65536,
-        erase_size: 65536,
-        write_size: 1,
-        page_size: 256,
-        oob_size: 0,
-    };
-    (g, SimOptions::default())
-}
-
-fn nand() -> (Geometry, SimOptions) {
-    let g = Geometry {
-        kind: FlashKind::Nand,
-        size: 14 * 131072,
-        erase_size: 131072,
-        write_size: 512,
-        page_size: 2048,
-        oob_size: 64,
-    };
-    let options = SimOptions {
-        bad_blocks: vec![6],
-        ..Default::default()
-    };
-    (g, options)
 }
 
 fn source(data: &[u8]) -> &[u8] {
@@ -168,23 +130,6 @@ impl UpdateDriver for AbFull {
     fn clean_run_ends_new(&self) -> bool {
         !self.rollback
     }
-}
-
-fn ab_booted(flash: &mut SimFlash) -> Result<[u8; 32]> {
-    let mut layout = AbLayout::open(flash)?;
-    let state = layout.state().clone();
-    if state.phase != AbPhase::Idle {
-        return Err(Error::Slot(format!("still pending: {:?}", state.phase)));
-    }
-    let image = state.images[usize::from(state.active)]
-        .ok_or_else(|| Error::Slot("the active slot holds no recorded image".into()))?;
-    let digest = layout.slot_digest(state.active, image.size)?;
-    if digest != image.sha256 {
-        return Err(Error::Slot(
-            "the active slot does not hold its recorded image".into(),
-        ));
-    }
-    Ok(digest)
 }
 
 /// A sequential stream computing the new image from the old one, read out of
@@ -291,24 +236,6 @@ impl UpdateDriver for AbStreaming {
     fn new_sha256(&self) -> [u8; 32] {
         sha256(&self.new)
     }
-}
-
-fn single_booted(flash: &mut SimFlash) -> Result<[u8; 32]> {
-    let mut slot = SingleSlot::open(flash)?;
-    let state = slot.state().clone();
-    if let NextAction::ResumeInPlace { .. } = state.next_action() {
-        return Err(Error::Slot("an in-place update is still pending".into()));
-    }
-    let image = state
-        .image
-        .ok_or_else(|| Error::Slot("the slot holds no recorded image".into()))?;
-    let digest = slot.slot_digest(image.size)?;
-    if digest != image.sha256 {
-        return Err(Error::Slot(
-            "the slot does not hold its recorded image".into(),
-        ));
-    }
-    Ok(digest)
 }
 
 /// Full image written in place, one journalled step per block.
@@ -470,21 +397,6 @@ impl UpdateDriver for InPlaceSteps {
     fn new_sha256(&self) -> [u8; 32] {
         sha256(&self.new)
     }
-}
-
-fn campaign(driver: &dyn UpdateDriver, (geometry, options): (Geometry, SimOptions)) {
-    let mut flash = SimFlash::new(geometry, options).unwrap();
-    let report = match run_campaign(driver, &mut flash, CampaignConfig::default()) {
-        Ok(report) => report,
-        Err(failure) => panic!("{} on {}: {failure}", driver.name(), geometry.kind),
-    };
-    println!(
-        "power-cut campaign [{}] {}",
-        geometry.kind,
-        report.summary()
-    );
-    assert!(report.boundary_cuts >= report.operations && report.random_sequences >= 1000);
-    assert!(report.ended_old + report.ended_new > 0 && report.torn_cuts > 0);
 }
 
 #[test]
