@@ -7,6 +7,7 @@ go away."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -461,6 +462,46 @@ def test_cli_flash_and_list_with_json(tmp_path: Path, capsys: pytest.CaptureFixt
         assert main(["flash", "--json", "--usb", "0483:df11", str(big)]) == 6
         failed = json.loads(capsys.readouterr().out)
         assert failed["error_type"] == "GeometryError"
+
+
+def test_cli_flashes_a_delta_rebuilt_on_the_host(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from otaflash import delta
+
+    old = image(tmp_path, 60_000, "old.bin", seed=5)
+    data = old.read_bytes()
+    new = tmp_path / "new.bin"
+    new.write_bytes(data[:20_000] + b"v2 code " * 100 + data[20_000:50_000] + data[51_000:])
+    patch = tmp_path / "v2.patch"
+    delta.diff(old, new, patch)
+    assert patch.stat().st_size < new.stat().st_size // 5
+    device = make_device(tmp_path)
+    with default_bus(device):
+        before = flash_bytes(device, BASE, 4096)
+        # A patch that was damaged on the way fails before the device is touched.
+        bad = tmp_path / "bad.patch"
+        broken = bytearray(patch.read_bytes())
+        broken[len(broken) // 2] ^= 0xFF
+        bad.write_bytes(bytes(broken))
+        assert main(["flash", "--usb", "0483:df11", "--delta", str(bad), "--old", str(old)]) == 7
+        # So does one made for another old image.
+        other = image(tmp_path, 60_000, "other.bin", seed=6)
+        assert (
+            main(["flash", "--usb", "0483:df11", "--delta", str(patch), "--old", str(other)]) == 7
+        )
+        assert flash_bytes(device, BASE, 4096) == before
+        assert main(["flash", "--usb", "0483:df11", "--delta", str(patch)]) == 3
+        assert "--old" in capsys.readouterr().err
+        code = main(
+            ["flash", "--json", "--usb", "0483:df11", "--delta", str(patch), "--old", str(old)]
+        )
+        record = json.loads(capsys.readouterr().out)
+    assert code == 0, record
+    assert record["verified"]
+    assert record["delta"] == str(patch)
+    assert record["sha256"] == hashlib.sha256(new.read_bytes()).hexdigest()
+    assert flash_bytes(device, BASE, new.stat().st_size) == new.read_bytes()
 
 
 def test_a_stream_of_odd_sized_chunks_is_flashed_and_its_digest_checked(tmp_path: Path) -> None:

@@ -90,8 +90,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
     if given:
         option = given[0]
         destination = DESTINATIONS[option]
-        # The serial destination checks its own source (an image or --delta PATCH).
-        if destination is not serial_options.flash:
+        # With --delta the destination checks its own sources.
+        if not args.delta:
             if not args.image:
                 raise InputError("no image given")
             if not os.path.isfile(args.image):

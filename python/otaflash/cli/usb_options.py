@@ -55,6 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser, where: Any) -> None:
     group.add_argument(
         "--reset", "-R", action="store_true", help="plain DFU: USB reset after manifestation"
     )
+    group.add_argument(
+        "--old",
+        metavar="FILE",
+        help="with --delta PATCH: the image the patch was made from; the new image is rebuilt "
+        "from it here (checked whole first) and flashed",
+    )
 
 
 def flash(args: argparse.Namespace, out: Output, *, backend: Any = None) -> dict[str, Any]:
@@ -82,12 +88,52 @@ def flash(args: argparse.Namespace, out: Output, *, backend: Any = None) -> dict
         "verify": not args.no_verify,
         "backend": backend,
     }
+    if args.delta:
+        return _flash_delta(args, out, selector, options)
     if out.wants_progress():
         with ProgressBars(label=os.path.basename(args.image)) as bars:
             result = flash_file(selector, args.image, progress=bars, **options)
     else:
         result = flash_file(selector, args.image, **options)
     return result.as_record()
+
+
+def _flash_delta(
+    args: argparse.Namespace, out: Output, selector: Any, options: dict[str, Any]
+) -> dict[str, Any]:
+    """A DFU bootloader takes whole images: the patch is applied here to
+    --old and the rebuilt image streams to the device, never stored."""
+    from otaflash.delta import rebuilt_stream
+    from otaflash.progress import ProgressBars
+    from otaflash.usb import flash_stream
+
+    if args.image:
+        raise InputError("give an IMAGE or --delta PATCH, not both")
+    if not args.old:
+        raise InputError(
+            "--delta over USB needs --old FILE: the image the patch was made from (the "
+            "device's bootloader cannot apply a patch itself)"
+        )
+    for path in (args.delta, args.old):
+        if not os.path.isfile(path):
+            raise InputError(f"{path}: no such file")
+    options.pop("reset")
+    name = os.path.basename(args.delta)
+    with ProgressBars(label=name) as bars:
+        progress = bars if out.wants_progress() else None
+        stream = rebuilt_stream(args.old, args.delta, progress=progress)
+        result = flash_stream(
+            selector,
+            stream.chunks(),
+            stream.size,
+            name=name,
+            expected_sha256=stream.sha256,
+            progress=progress,
+            **options,
+        )
+    record = result.as_record()
+    record.update(image=args.delta, delta=args.delta, old=args.old)
+    return record
 
 
 def describe(record: dict[str, Any]) -> str:
