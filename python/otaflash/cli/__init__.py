@@ -37,6 +37,7 @@ VERBS: tuple[str, ...] = (
     "serve",
     "publish",
     "packages",
+    "demo",
 )
 
 EPILOG = """\
