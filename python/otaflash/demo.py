@@ -47,7 +47,7 @@ OLD_RELEASE, NEW_RELEASE = 1, 2
 
 #: Stages, in order, as ``seconds`` keys and how the summary names them.
 STAGES = {
-    "firmware": "firmware",
+    "firmware": "generate firmware",
     "provision": "provision",
     "server": "server start",
     "publish": "publish (incl. diff)",

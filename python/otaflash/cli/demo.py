@@ -122,8 +122,8 @@ def _summary(r: DemoResult, keep: str | None) -> list[str]:
         f"update server  {r.server} (embedded, SQLite), product {r.product!r}",
         f"device         {r.device}: {r.target.partition('?')[0]} "
         f"(SimFlash NOR, A/B slots), running {r.from_version} from slot {old_slot}",
-        f"published      {r.from_version} (full image, {r.image_size:,} bytes) and "
-        f"{r.to_version} (full image + delta from {r.from_version}, {r.delta_size:,} bytes)",
+        f"published      {r.from_version} (full image, {r.image_size:,} bytes); {r.to_version} "
+        f"(full image, and a {r.delta_size:,}-byte delta from {r.from_version} made on publish)",
         f"transferred    {r.transferred:,} bytes ({what}) = {r.ratio:.1%} of the "
         f"{r.image_size:,}-byte full image ({human(r.image_size)})",
         f"applied        into slot {slot} from slot {old_slot}, read back and verified",
