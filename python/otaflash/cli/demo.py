@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep",
         metavar="DIR",
-        help="work in DIR (new or empty) and keep it: server data, device image, firmware",
+        help="work in DIR (new or empty) and keep it: server data, device, firmware, downloads",
     )
     parser.add_argument(
         "--size",
@@ -76,15 +76,16 @@ def run(args: argparse.Namespace, out: Output) -> int:
             "progress": bars,
             "on_stage": (lambda text: out.message(f"demo: {text}")) if bars else None,
         }
-        if args.keep is not None:
-            result = run_demo(_kept_directory(Path(args.keep)), **options)
+        kept = _kept_directory(Path(args.keep)) if args.keep is not None else None
+        if kept is not None:
+            result = run_demo(kept, **options)
         else:
             with tempfile.TemporaryDirectory(prefix="otaflash-demo-") as temporary:
                 result = run_demo(Path(temporary), **options)
     finally:
         if bars is not None:
             bars.close()
-    record = {**result.to_json(), "kept": str(args.keep) if args.keep is not None else None}
+    record = {**result.to_json(), "kept": str(kept) if kept is not None else None}
     how = "a delta" if result.is_delta else "the full image"
     last = (
         f"ok: {result.device} updated {result.from_version} -> {result.to_version} with {how}: "
