@@ -1,7 +1,7 @@
 # One source of truth for building, linting and testing otaflash; the README
 # and CI (.ci/run) call these targets and nothing else.
 #
-#   make demo   build and run the main job on its embedded default
+#   make demo   build, then update a simulated device from the embedded server
 #   make test   everything CI checks, on a fresh machine included
 #   make bench  benchmarks against the peer tools (release build, separate venv)
 
@@ -23,10 +23,11 @@ export PYO3_PYTHON := $(VPY)
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
 
-demo: build-dev  ## build, then run the main job on its embedded default
-	@mkdir -p demo
-	@[ -f demo/firmware.bin ] || head -c 64M /dev/urandom > demo/firmware.bin
-	$(VENV)/bin/otaflash hash --algo md5,sha256,sha1,crc32 demo/firmware.bin
+# Extra options for the demo, e.g. DEMO_ARGS="--full" or DEMO_ARGS="--keep demo".
+DEMO_ARGS ?=
+
+demo: build-dev  ## build, then run the main job: server + simulated device, v1 -> v2 over a delta
+	$(VENV)/bin/otaflash demo $(DEMO_ARGS)
 
 test: setup lint-rust test-rust lint-python test-python  ## everything CI runs
 
@@ -62,8 +63,8 @@ test-python:  ## pytest (exit code 5, "no tests collected", fails the build)
 
 bench:  ## benchmarks: release build in its own venv, peers side by side
 	[ -x $(BENCH_PY) ] || $(PYTHON) -m venv $(BENCH_VENV)
-	PYO3_PYTHON=$(BENCH_PY) MATURIN_PEP517_ARGS="--profile bench" \
-		$(BENCH_PY) -m pip install --quiet --force-reinstall --no-deps . 
+	PYO3_PYTHON=$(BENCH_PY) MATURIN_PEP517_ARGS="--profile bench-wheel" \
+		$(BENCH_PY) -m pip install --quiet --force-reinstall --no-deps .
 	$(BENCH_PY) -m pip install --quiet '.[test]'
 	cd benches && $(BENCH_PY) -m pytest -p no:cacheprovider --benchmark-enable \
 		--benchmark-json=../target/bench.json --benchmark-columns=min,median,max -q .

@@ -78,6 +78,24 @@ def main(path: str) -> int:
             lambda r: r <= 0.60,
             f"({two * 1e3:.0f} ms vs {one * 1e3:.0f} ms)",
         )
+    for bench in benches:
+        info = bench["extra_info"]
+        if info.get("case") != "demo":
+            continue
+        stages = ", ".join(
+            f"{key[2:]} {value:.2f}"
+            for key, value in info.items()
+            if key.startswith("s_") and key != "s_total"
+        )
+        rows.append(
+            (
+                f"demo {info['impl']}: bytes sent / full image",
+                f"{info['ratio']:.3f}",
+                f"info  (end to end {bench['stats']['median']:.2f} s; in-process "
+                f"{info['s_total']:.2f} s: {stages})",
+                True,
+            )
+        )
     if rows:
         width = max(len(r[0]) for r in rows)
         print(f"{'measure':<{width}}  ratio   target")

@@ -23,16 +23,20 @@ ProgressCallback = Callable[[str, int, "int | None"], object]
 
 
 class ProgressBars:
-    """tqdm bars on stderr, one per operation, closed as each completes."""
+    """tqdm bars on stderr, one per operation, closed as each completes (an
+    operation that runs again gets a new bar)."""
 
     def __init__(self, *, label: str = "", stream: TextIO | None = None) -> None:
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
         self._bars: dict[str, tqdm[Any]] = {}
+        self._finished: dict[str, int] = {}
 
     def __call__(self, operation: str, done: int, total: int | None) -> None:
         bar = self._bars.get(operation)
         if bar is None:
+            if total is not None and done >= total and self._finished.get(operation) == total:
+                return  # the final call of a finished run, repeated
             desc = f"{self.label} {operation}".strip()
             bar = self._bars[operation] = tqdm(
                 total=total, unit="B", unit_scale=True, desc=desc, file=self.stream, leave=False
@@ -42,6 +46,9 @@ class ProgressBars:
         bar.update(done - bar.n)
         if total is not None and done >= total:
             bar.close()
+            # The next run of this operation (a second write) gets a new bar.
+            del self._bars[operation]
+            self._finished[operation] = total
 
     def close(self) -> None:
         for bar in self._bars.values():

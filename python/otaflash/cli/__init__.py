@@ -41,6 +41,7 @@ VERBS: tuple[str, ...] = (
     "serve",
     "publish",
     "packages",
+    "demo",
 )
 
 EPILOG = """\

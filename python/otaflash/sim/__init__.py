@@ -1,5 +1,9 @@
-"""Simulated devices and links, for tests, benchmarks, the demo and dry runs.
+"""Simulated devices, links and firmware, for the demo, tests, benchmarks and
+dry runs.
 
+- :mod:`otaflash.sim.firmware`: deterministic firmware images that look like
+  a real microcontroller build, and releases of it that differ as real
+  releases do (so deltas behave as they would on real firmware);
 - :mod:`otaflash.sim.dfu`: a DfuSe-style STM32 DFU bootloader (or a plain
   DFU 1.1 device) whose flash is an otaflash flash target (``sim:``);
 - :mod:`otaflash.sim.usb_backend`: serves it to pyusb in-process, so the
@@ -11,4 +15,7 @@
 - :mod:`otaflash.sim.link`: a serial line between two programs with a line
   rate, latency and faults;
 - :mod:`otaflash.sim.pty`: ptys as stand-in serial ports.
+
+The simulated flash itself is the Rust core's ``sim:`` target
+(:mod:`otaflash.flash`).
 """
