@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import serial
 
-from otaflash import _core
+from otaflash import _core, delta
 from otaflash.errors import InputError
 from otaflash.serial.ports import describe_port, is_url, opened
 from otaflash.serial.result import FlashResult
@@ -117,8 +117,6 @@ def patch_target(patch: str | os.PathLike[str]) -> tuple[int, str]:
     Only sequential otaflash patches (``otaflash diff``) name both, and only
     they apply on the agent (it writes the new image beside the old one).
     """
-    from otaflash import delta
-
     info = delta.patch_info(patch)
     name = os.fspath(patch)
     problem = None

@@ -83,9 +83,10 @@ pub fn open_flash(target: &str, chip: &Chip) -> Result<Box<dyn FlashStore>> {
         TargetSpec::File(path) => Ok(Box::new(FileFlash::open(path, size)?)),
         TargetSpec::Sim(mut spec) => {
             if !spec.path.exists() {
-                spec.kind.get_or_insert(FlashKind::Nor);
                 spec.size.get_or_insert(size);
-                spec.erase.get_or_insert(u64::from(smallest_page(chip)));
+                if *spec.kind.get_or_insert(FlashKind::Nor) == FlashKind::Nor {
+                    spec.erase.get_or_insert(u64::from(smallest_page(chip)));
+                }
             }
             Ok(Box::new(DeviceFlash::new(spec.open()?, chip)?))
         }
