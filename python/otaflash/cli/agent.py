@@ -78,11 +78,17 @@ def run(args: argparse.Namespace, out: Output) -> int:
 
     port = resolve_port(args)
     results: list[dict[str, Any]] = []
+    on_flash = not args.target.startswith("file:")
 
     def on_transfer(record: dict[str, Any]) -> None:
         results.append(record)
         what = "delta" if record["delta"] else "image"
-        state = "verified and committed" if record["verified"] else "FAILED verification"
+        if not record["verified"]:
+            state = "FAILED verification"
+        elif on_flash:
+            state = "verified, to boot on trial (then `otaflash slot boot`, `slot confirm`)"
+        else:
+            state = "verified and committed"
         text = (
             f"{args.target}: {what} of {record['stream_size']} bytes -> image of "
             f"{record['size']} bytes, {state} (sha256 {record['sha256']}) "
