@@ -44,11 +44,10 @@ def serial_report(benches: list[dict[str, Any]]) -> int:
 def _delta_ratios(runs: list[dict[str, Any]]) -> int:
     deltas = [r for r in runs if r["scenario"] == "delta"]
     if not deltas:
-        print("\ndelta through the agent: pending merge of the delta engine (no runs recorded)")
         return 0
     failures = 0
-    print("\ndelta through the agent vs stm32flash writing the full new image")
-    for d in deltas:
+    print("\ndelta through the agent vs stm32flash writing the full new image (same line)")
+    for d in sorted(deltas, key=lambda r: (r["pair"], r["baud"])):
         full = next(
             (
                 r
@@ -60,10 +59,15 @@ def _delta_ratios(runs: list[dict[str, Any]]) -> int:
             ),
             None,
         )
+        line = (
+            f"  {d['pair']:<19} {d['baud']:>7}: patch {d.get('patch_size', '?'):>7} B, "
+            f"{d['seconds']:6.2f} s"
+        )
         if full is None:
+            print(line + "  (no stm32flash run to compare)")
             continue
         ratio = full["seconds"] / d["seconds"]
-        line = f"  {d['pair']:<19} {d['baud']:>7}: {ratio:6.1f}x faster"
+        line += f" vs {full['seconds']:6.2f} s: {ratio:5.1f}x faster"
         if d["pair"].startswith("nrf52"):
             ok = ratio >= 10
             failures += not ok

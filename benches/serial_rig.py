@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from otaflash import flash
 from otaflash.serial import protocol
 from otaflash.serial import stm32 as stm32_host
 from otaflash.sim.link import LinkEmulator
@@ -99,15 +100,21 @@ def ours(image: Path, baud: int, *, compress: bool = True, old: Path | None = No
 
 
 def ours_delta(patch: Path, new: Path, old: Path, baud: int) -> Run:
-    """A patch through the agent, applied on the device to its old image."""
+    """A patch through the agent into a simulated NOR flash with the A/B
+    layout: the device reads its old image from the active slot, writes the
+    new one into the other slot and reads it back; timed from the host's
+    start until it has the agent's verified result."""
     work = _scratch("delta")
-    target = work / "device.img"
-    shutil.copyfile(old, target)
+    uri = f"sim:{work}/device.sim?kind=nor&size=2M&erase=64k"
+    with flash.open_target(uri) as device:  # the old image, installed and confirmed
+        device.write(old, layout="ab")
+        device.boot()
+        device.confirm()
     try:
         with LinkEmulator(baud, latency=LATENCY) as link:
             agent = subprocess.Popen(
                 _otaflash(
-                    "agent", "--port", link.device_port, "--target", f"file:{target}",
+                    "agent", "--port", link.device_port, "--target", uri,
                     "--baud", str(baud), "--once",
                 ),
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -120,7 +127,12 @@ def ours_delta(patch: Path, new: Path, old: Path, baud: int) -> Run:
                 seconds = time.perf_counter() - started
             finally:
                 _stop(agent)
-        assert target.read_bytes() == new.read_bytes()
+        with flash.open_target(uri) as device:
+            state = device.info().slots
+            assert state is not None
+            assert state.phase == "trial", state
+            slot = state.slots[1 - state.active]
+            assert device.read(slot["offset"], new.stat().st_size) == new.read_bytes()
         return Run("otaflash delta", seconds, new.stat().st_size, result.details["wire_bytes"])
     finally:
         shutil.rmtree(work, ignore_errors=True)

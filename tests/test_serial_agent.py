@@ -259,24 +259,153 @@ def test_bad_command_lines_fail_before_touching_a_port(tmp_path: Path, image: Pa
     assert b"--port" in no_port.stderr
 
 
-def test_a_delta_needs_the_delta_engine_and_says_so(
-    link: LinkEmulator, image: Path, target: Path
+def next_version(old: bytes, seed: int) -> bytes:
+    """The next firmware: the old one with a few regions rewritten and a tail added."""
+    rng = __import__("random").Random(seed)
+    new = bytearray(old)
+    for _ in range(32):
+        at = rng.randrange(len(new) - 600)
+        new[at : at + 500] = rng.randbytes(500)
+    return bytes(new) + firmware(4000, seed)
+
+
+def make_patch(old: Path, new: Path, patch: Path) -> None:
+    done = run_otaflash(["diff", str(old), str(new), "-o", str(patch), "--level", "3"])
+    assert done.returncode == 0, done.stderr.decode()
+
+
+@pytest.fixture
+def versions(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """OLD and NEW firmware and the patch `otaflash diff` makes between them."""
+    old, new, patch = tmp_path / "v1.bin", tmp_path / "v2.bin", tmp_path / "v1-v2.patch"
+    old.write_bytes(firmware(200_000, 11))
+    new.write_bytes(next_version(old.read_bytes(), 12))
+    make_patch(old, new, patch)
+    return old, new, patch
+
+
+def test_a_delta_is_rebuilt_on_the_device_from_its_own_image(
+    link: LinkEmulator, target: Path, versions: tuple[Path, Path, Path]
 ) -> None:
-    done = run_otaflash(["flash", "--port", link.host_port, "--delta", str(image)])
-    assert done.returncode == 6
-    assert b"delta engine" in done.stderr
-    # Given the new image's identity by hand, the host gets as far as the
-    # agent, which refuses before anything is written.
-    agent, _ = agent_thread(link.device_port, target, baud=921_600)
+    old, new, patch = versions
+    target.write_bytes(old.read_bytes())
+    agent = Background(
+        otaflash_argv(
+            "agent", "--port", link.device_port, "--target", f"file:{target}",
+            "--baud", "921600", "--once", "--json",
+        )
+    )  # fmt: skip
     try:
-        with pytest.raises(errors.UnsupportedError, match="delta engine"):
-            protocol.send_delta(
-                link.host_port, image, new_size=10, new_sha256="00" * 32,
-                baud=921_600, agent_baud=921_600,
-            )  # fmt: skip
+        done = run_otaflash(
+            ["flash", "--port", link.host_port, "--baud", "921600", "--agent-baud", "921600",
+             "--delta", str(patch), "--json"]
+        )  # fmt: skip
+        code, out, err = agent.wait(30)
+    finally:
+        agent.stop()
+    assert done.returncode == 0, done.stderr.decode()
+    record = json.loads(done.stdout)
+    assert record["verified"] is True
+    assert record["delta"] is True
+    assert record["size"] == new.stat().st_size
+    assert record["sha256"] == hashlib.sha256(new.read_bytes()).hexdigest()
+    assert record["stream_size"] == patch.stat().st_size < new.stat().st_size // 10
+    assert record["wire_bytes"] < new.stat().st_size // 8, "only the patch crossed the line"
+    assert code == 0, err
+    assert json.loads(out)["verified"] is True
+    assert target.read_bytes() == new.read_bytes()
+    assert not list(target.parent.glob("*.otaflash-*"))
+
+
+def test_a_patch_for_another_image_is_refused_before_anything_is_written(
+    link: LinkEmulator, target: Path, versions: tuple[Path, Path, Path]
+) -> None:
+    _, _, patch = versions
+    running = firmware(200_000, 99)  # not the image the patch was made for
+    target.write_bytes(running)
+    agent, transfers = agent_thread(link.device_port, target, baud=921_600)
+    try:
+        done = run_otaflash(
+            ["flash", "--port", link.host_port, "--baud", "921600", "--agent-baud", "921600",
+             "--delta", str(patch)]
+        )  # fmt: skip
     finally:
         assert agent.stop() is None
-    assert target.read_bytes() == b"the old image, still bootable"
+    assert done.returncode == 7, done.stderr.decode()
+    message = done.stderr.decode()
+    assert "old image" in message, message
+    assert "Traceback" not in message
+    assert target.read_bytes() == running
+    assert not list(target.parent.glob("*.otaflash-*")), "nothing was written"
+    assert transfers == []
+
+
+@pytest.mark.parametrize("damage", ["a flipped byte in the body", "truncated"])
+def test_a_corrupt_patch_is_a_clear_error_and_the_old_image_stays(
+    damage: str, link: LinkEmulator, target: Path, versions: tuple[Path, Path, Path]
+) -> None:
+    old, _, patch = versions
+    target.write_bytes(old.read_bytes())
+    data = bytearray(patch.read_bytes())
+    if damage == "truncated":
+        del data[len(data) * 2 // 3 :]
+    else:
+        data[len(data) - 100] ^= 0x24
+    patch.write_bytes(bytes(data))
+    agent, _ = agent_thread(link.device_port, target, baud=921_600)
+    try:
+        with pytest.raises(errors.PatchError) as failure:
+            protocol.send_delta(link.host_port, patch, baud=921_600, agent_baud=921_600)
+    finally:
+        assert agent.stop() is None
+    assert failure.value.exit_code == 7
+    message = str(failure.value)
+    assert "patch" in message, message
+    assert "corrupt" in message or "truncated" in message, message
+    assert target.read_bytes() == old.read_bytes(), damage
+    assert not list(target.parent.glob("*.otaflash-*"))
+
+
+@pytest.mark.parametrize("cut_at_frame", [2, 6, 12])
+def test_a_cut_mid_delta_fails_clearly_and_the_rerun_starts_the_patch_over(
+    cut_at_frame: int, target: Path, versions: tuple[Path, Path, Path]
+) -> None:
+    old, new, patch = versions
+    assert patch.stat().st_size > 14 * 1024, "the patch spans more frames than the cut"
+    target.write_bytes(old.read_bytes())
+    with LinkEmulator(921_600, latency=0.002, faults=Faults(disconnect_at_frame=cut_at_frame)) as (
+        link
+    ):
+        agent, transfers = agent_thread(link.device_port, target, baud=921_600)
+        try:
+            with pytest.raises(errors.TransportError):
+                protocol.send_delta(
+                    link.host_port, patch, baud=921_600, agent_baud=921_600, timeout=1.5
+                )
+            assert target.read_bytes() == old.read_bytes()
+            link.reconnect()
+            result = protocol.send_delta(link.host_port, patch, baud=921_600, agent_baud=921_600)
+        finally:
+            assert agent.stop() is None
+    # Deltas restart from their first byte: the agent keeps no partial patch.
+    assert result.details["resumed_from"] == 0
+    assert target.read_bytes() == new.read_bytes()
+    assert [t["verified"] for t in transfers] == [True]
+
+
+def test_patches_the_agent_cannot_check_are_refused_before_a_port_is_opened(
+    tmp_path: Path, versions: tuple[Path, Path, Path]
+) -> None:
+    old, new, _ = versions
+    in_place = tmp_path / "in-place.patch"
+    done = run_otaflash(["diff", str(old), str(new), "-o", str(in_place), "--in-place"])
+    assert done.returncode == 0, done.stderr
+    refused = run_otaflash(["flash", "--port", "/dev/null", "--delta", str(in_place)])
+    assert refused.returncode == 3
+    assert b"sequential" in refused.stderr
+    not_a_patch = run_otaflash(["flash", "--port", "/dev/null", "--delta", str(old)])
+    assert not_a_patch.returncode == 7
+    assert b"otaflash diff" in not_a_patch.stderr
 
 
 def _free_tcp_port() -> int:

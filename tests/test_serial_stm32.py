@@ -22,7 +22,7 @@ import pytest
 import serial
 from stm32loader.bootloader import CommandError, Stm32Bootloader
 
-from otaflash import errors
+from otaflash import errors, flash
 from otaflash.serial import stm32 as host
 from otaflash.sim import stm32 as emulator
 from otaflash.sim.link import Faults, LinkEmulator
@@ -243,9 +243,55 @@ def test_sim_cli_serves_a_new_pty_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert flash.stat().st_size == 1024 * 1024
 
 
+def test_the_emulated_flash_can_live_in_a_simulated_nor_flash(tmp_path: Path) -> None:
+    uri = f"sim:{tmp_path}/f103.sim"
+    data = image_for(70_001)
+    image = tmp_path / "app.bin"
+    image.write_bytes(data)
+
+    def emulator_run(*stm32flash_args: str) -> None:
+        device = Background(
+            otaflash_argv("sim", "stm32", "--port", "pty", "--target", uri, "--chip", "f103",
+                          "--json")
+        )  # fmt: skip
+        try:
+            port = device.ready()["port"]
+            done = stm32flash(*stm32flash_args, port)
+            assert done.returncode == 0, done.stdout + done.stderr
+        finally:
+            code, _, err = device.stop()
+        assert code == 0, err
+
+    emulator_run("-w", str(image), "-v")
+    with flash.open_target(uri) as target:
+        info = target.info()
+        contents = target.read(0, info.geometry.size)
+    # Made to the chip's measure: its flash size, its 1 KiB pages as erase blocks.
+    assert (info.geometry.kind, info.geometry.size, info.geometry.erase_size) == (
+        "nor",
+        128 * 1024,
+        1024,
+    )
+    assert contents[: len(data)] == data
+    assert set(contents[len(data) :]) == {0xFF}
+    # The flash outlives the emulator: a new one reads the same bytes back.
+    back = tmp_path / "back.bin"
+    emulator_run("-r", str(back), "-S", f"{FLASH:#x}:{len(data)}")
+    assert back.read_bytes() == data
+
+
 def test_bad_emulator_targets_are_refused(tmp_path: Path) -> None:
-    done = run_otaflash(["sim", "stm32", "--port", "pty", "--target", "sim:x"])
+    done = run_otaflash(["sim", "stm32", "--port", "pty", "--target", "ftp:x"])
     assert done.returncode == 3
+    for query, complaint in [
+        ("kind=nor&size=256k", b"size=131072"),
+        ("kind=nor&size=128k&erase=4k", b"erase=1024"),
+        ("kind=nand&size=1M", b"NOR"),
+    ]:
+        target = f"sim:{tmp_path}/{query.replace('&', '-')}.sim?{query}"
+        done = run_otaflash(["sim", "stm32", "--port", "pty", "--target", target, "--chip", "f103"])
+        assert done.returncode == 3, (query, done.stderr)
+        assert complaint in done.stderr, (query, done.stderr)
     done = run_otaflash(
         ["sim", "stm32", "--port", "pty", "--target", f"file:{tmp_path}/f", "--chip", "z80"]
     )

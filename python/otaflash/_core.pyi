@@ -256,7 +256,7 @@ def stm32_info(port: Any, *, stop: Any = None) -> dict[str, Any]: ...
 def stm32_emulated_chips() -> list[tuple[str, str, int]]: ...
 def stm32_emulate(
     port: Any,
-    flash: str,
+    target: str,
     *,
     chip: str = "f407",
     on_event: Callable[[dict[str, Any]], object] | None = None,

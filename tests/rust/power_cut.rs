@@ -1,6 +1,7 @@
-//! Power-cut campaigns: full-image A/B (with confirm, and with a rollback),
-//! full-image in place, and a synthetic in-place step program, on NOR and
-//! on NAND (with a factory bad block) geometries. Each prints its number of
+//! Power-cut campaigns: full-image A/B (with confirm, with a rollback, and
+//! checkpointed then resumed after the recorded blocks as the serial agent
+//! does), full-image in place, and a synthetic in-place step program, on NOR
+//! and on NAND (with a factory bad block) geometries. Each prints its number of
 //! cut points. Delta drivers plug into the same `campaign::run_campaign`.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::panic)]
 
@@ -129,6 +130,89 @@ impl UpdateDriver for AbFull {
 
     fn clean_run_ends_new(&self) -> bool {
         !self.rollback
+    }
+}
+
+/// A/B install that records a checkpoint after every erase block (what the
+/// serial agent does), and a recovery that continues after the recorded
+/// bytes instead of from the start: the recorded count must be true after a
+/// cut anywhere, torn record writes included.
+struct AbCheckpointed {
+    old: Vec<u8>,
+    new: Vec<u8>,
+    erase: usize,
+}
+
+impl AbCheckpointed {
+    fn install_from(&self, layout: &mut AbLayout<&mut SimFlash>) -> Result<()> {
+        let image = info(&self.new);
+        let offset = layout.resumable(image);
+        let mut install = layout
+            .begin_install(image, WriteOptions::default())?
+            .resume_from(offset)?;
+        for chunk in self.new[offset as usize..].chunks(self.erase) {
+            install.write(chunk)?;
+            install.checkpoint()?;
+        }
+        install.finish()?;
+        Ok(())
+    }
+
+    fn hook(&self, layout: &mut AbLayout<&mut SimFlash>) -> Result<()> {
+        loop {
+            match layout.state().next_action() {
+                NextAction::Boot { .. } => return Ok(()),
+                NextAction::ResumeInstall { image, .. } if image == info(&self.new) => {
+                    self.install_from(layout)?;
+                }
+                NextAction::BootTrial { .. } => {
+                    layout.boot()?;
+                    layout.confirm()?;
+                }
+                NextAction::RollBack { .. } => {
+                    layout.boot()?;
+                }
+                other => return Err(Error::Slot(format!("unexpected state {other:?}"))),
+            }
+        }
+    }
+}
+
+impl UpdateDriver for AbCheckpointed {
+    fn name(&self) -> String {
+        "A/B full image, checkpointed and resumed after the recorded blocks".into()
+    }
+
+    fn prepare(&self, flash: &mut SimFlash) -> Result<()> {
+        AbFull {
+            old: self.old.clone(),
+            new: self.new.clone(),
+            rollback: false,
+        }
+        .prepare_with(flash, &self.old)
+    }
+
+    fn update(&self, flash: &mut SimFlash) -> Result<()> {
+        let mut layout = AbLayout::open(flash)?;
+        self.install_from(&mut layout)?;
+        self.hook(&mut layout)
+    }
+
+    fn recover(&self, flash: &mut SimFlash) -> Result<()> {
+        let mut layout = AbLayout::open(flash)?;
+        self.hook(&mut layout)
+    }
+
+    fn booted(&self, flash: &mut SimFlash) -> Result<[u8; 32]> {
+        ab_booted(flash)
+    }
+
+    fn old_sha256(&self) -> [u8; 32] {
+        sha256(&self.old)
+    }
+
+    fn new_sha256(&self) -> [u8; 32] {
+        sha256(&self.new)
     }
 }
 
@@ -446,6 +530,32 @@ fn ab_rollback_nand() {
             old,
             new,
             rollback: true,
+        },
+        nand(),
+    );
+}
+
+#[test]
+fn ab_checkpointed_resume_nor() {
+    let (old, new) = reference_images(7);
+    campaign(
+        &AbCheckpointed {
+            old,
+            new,
+            erase: 65536,
+        },
+        nor(),
+    );
+}
+
+#[test]
+fn ab_checkpointed_resume_nand() {
+    let (old, new) = reference_images(8);
+    campaign(
+        &AbCheckpointed {
+            old,
+            new,
+            erase: 131072,
         },
         nand(),
     );

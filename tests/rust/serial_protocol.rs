@@ -1,8 +1,10 @@
 //! The otaflash serial protocol end to end in-process: host and agent over an
-//! in-memory link, a `file:` target on disk, and injected faults (bit errors,
-//! dropped bytes, a cable pulled at every frame). Every run must end in a
-//! verified image or an error, never a false success, and a resumed run must
-//! continue exactly where the agent proved its bytes.
+//! in-memory link, a `file:` target on disk or a simulated NOR flash with the
+//! A/B layout, real patches from the diff crate applied by the real delta
+//! engine, and injected faults (bit errors, dropped bytes, a cable pulled at
+//! every frame). Every run must end in a verified image or an error, never a
+//! false success, and a resumed run must continue exactly where the agent
+//! proved its bytes.
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
@@ -12,15 +14,19 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use otaflash_core::io::{ImageSink, ReadAt};
+use otaflash_core::flash::{
+    AbLayout, AbPhase, FlashKind, Geometry, ImageInfo, SharedDevice, SimFlash, SimOptions,
+};
 use otaflash_core::progress::{CancelToken, NoProgress};
+use otaflash_core::serial::ab_slot::AbSlot;
 use otaflash_core::serial::agent::{self, AgentOptions, TransferReport};
-use otaflash_core::serial::delta::{DeltaEngine, PatchApplier};
+use otaflash_core::serial::delta::{DeltaEngine, PatchEngine};
 use otaflash_core::serial::host::{self, FlashReport, HostOptions, Stream};
 use otaflash_core::serial::link::{Link, MemoryLink};
 use otaflash_core::serial::message::StreamKind;
-use otaflash_core::serial::slot::FileSlot;
+use otaflash_core::serial::slot::{FileSlot, Slot};
 use otaflash_core::{DeviceErrorKind, Error, Result};
+use otaflash_diff::DiffOptions;
 
 fn temp_dir(name: &str) -> PathBuf {
     // tmpfs when there is one: these tests fsync at every resume point.
@@ -223,6 +229,14 @@ struct Device {
 
 impl Device {
     fn start(target: &Path, options: AgentOptions, engine: Option<Arc<dyn DeltaEngine>>) -> Self {
+        Self::serving(Box::new(FileSlot::new(target)), options, engine)
+    }
+
+    fn serving(
+        mut slot: Box<dyn Slot>,
+        options: AgentOptions,
+        engine: Option<Arc<dyn DeltaEngine>>,
+    ) -> Self {
         let port = DevicePort::default();
         let cancel = CancelToken::new();
         let reports = Arc::new(Mutex::new(Vec::new()));
@@ -230,12 +244,10 @@ impl Device {
             let mut port = port.clone();
             let cancel = cancel.clone();
             let reports = Arc::clone(&reports);
-            let target = target.to_path_buf();
             thread::spawn(move || {
-                let mut slot = FileSlot::new(&target);
                 agent::serve(
                     &mut port,
-                    &mut slot,
+                    &mut *slot,
                     engine.as_deref(),
                     &options,
                     &mut NoProgress,
@@ -492,47 +504,33 @@ fn a_silent_device_is_a_timeout_naming_the_cause() {
     assert!(err.to_string().contains("otaflash agent"), "{err}");
 }
 
-/// A stand-in patch format for exercising the agent's delta path: the patch
-/// is the new image XOR the old one. The real engine plugs into the same seam.
-struct XorEngine;
-
-struct XorApplier {
-    old: Box<dyn ReadAt + Send>,
-    out: Box<dyn ImageSink + Send>,
-    offset: u64,
-}
-
-impl DeltaEngine for XorEngine {
-    fn start(
-        &self,
-        old: Box<dyn ReadAt + Send>,
-        out: Box<dyn ImageSink + Send>,
-        _new_size: u64,
-    ) -> Result<Box<dyn PatchApplier>> {
-        Ok(Box::new(XorApplier {
-            old,
-            out,
-            offset: 0,
-        }))
-    }
-}
-
-impl PatchApplier for XorApplier {
-    fn feed(&mut self, chunk: &[u8]) -> Result<()> {
-        let mut old = vec![0u8; chunk.len()];
-        self.old.read_exact_at(self.offset, &mut old)?;
-        let new: Vec<u8> = old.iter().zip(chunk).map(|(a, b)| a ^ b).collect();
-        self.offset += chunk.len() as u64;
-        self.out.write(&new)
-    }
-    fn finish(mut self: Box<Self>) -> Result<()> {
-        self.out.finish()
-    }
-}
-
 fn sha256(data: &[u8]) -> [u8; 32] {
     let digest = otaflash_core::hash::digest(otaflash_core::hash::HashAlgorithm::Sha256, data);
     digest.as_bytes().try_into().unwrap()
+}
+
+/// A real patch, as `otaflash diff` makes it.
+fn diff(old: &[u8], new: &[u8]) -> Vec<u8> {
+    let options = DiffOptions {
+        level: 3,
+        threads: 1,
+        block_size: 4096,
+        frame_size: 16384,
+        ..DiffOptions::default()
+    };
+    otaflash_diff::diff(old, new, &options).unwrap()
+}
+
+/// A new firmware version: most of the old one, a few regions changed.
+fn next_version(old: &[u8], seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut new = old.to_vec();
+    for _ in 0..4 {
+        let at = rng.usize(..new.len() - 300);
+        new[at..at + 200].iter_mut().for_each(|b| *b = rng.u8(..));
+    }
+    new.extend(firmware(3000, seed));
+    new
 }
 
 fn send_patch(link: &mut dyn Link, patch: &[u8], new: &[u8]) -> Result<FlashReport> {
@@ -549,48 +547,253 @@ fn send_patch(link: &mut dyn Link, patch: &[u8], new: &[u8]) -> Result<FlashRepo
     )
 }
 
+fn device_error(err: &Error) -> (DeviceErrorKind, &str) {
+    match err {
+        Error::Device { kind, message, .. } => (*kind, message.as_str()),
+        other => panic!("not a device error: {other}"),
+    }
+}
+
 #[test]
-fn deltas_are_applied_on_the_device_and_verified_by_read_back() {
+fn real_patches_are_applied_on_the_device_and_bad_ones_change_nothing() {
     let dir = temp_dir("delta");
     let target = dir.join("fw.img");
-    let old = firmware(50_000, 6);
-    let mut new = old.clone();
-    new[1000..1100].fill(0x42);
-    let patch: Vec<u8> = old.iter().zip(&new).map(|(a, b)| a ^ b).collect();
+    let old = firmware(120_000, 6);
+    let new = next_version(&old, 7);
+    let patch = diff(&old, &new);
+    assert!(patch.len() < 10_000, "{} bytes", patch.len());
     fs::write(&target, &old).unwrap();
-    let device = Device::start(&target, AgentOptions::default(), Some(Arc::new(XorEngine)));
+    let engine: Arc<dyn DeltaEngine> = Arc::new(PatchEngine::default());
+    let device = Device::start(&target, AgentOptions::default(), Some(Arc::clone(&engine)));
     let mut link = device.port.plug();
     let report = send_patch(&mut link, &patch, &new).unwrap();
     assert_eq!(fs::read(&target).unwrap(), new);
     assert_eq!(report.kind, StreamKind::Delta);
-    assert!(
-        report.payload_bytes < 2000,
-        "a sparse patch compresses: {report:?}"
-    );
+    assert_eq!(report.image_size, new.len() as u64);
+    assert_eq!(report.stream_size, patch.len() as u64);
 
-    // The same patch again meets the wrong old image: the device ends up with
-    // something else, the read-back says so, and the old image stays.
+    // The same patch again meets the wrong old image: refused before
+    // anything is written, and the image stays.
     let mut link = device.port.plug();
     let err = send_patch(&mut link, &patch, &new).unwrap_err();
-    assert!(matches!(err, Error::Verify { .. }), "{err}");
+    let (kind, message) = device_error(&err);
+    assert_eq!(kind, DeviceErrorKind::Patch, "{message}");
+    assert!(message.contains("old image"), "{message}");
     assert_eq!(fs::read(&target).unwrap(), new);
+
+    // A damaged body: refused, nothing changes, nothing is left behind.
+    let back = diff(&new, &old);
+    let mut corrupt = back.clone();
+    let middle = corrupt.len() - 40;
+    corrupt[middle] ^= 0x5A;
+    let mut link = device.port.plug();
+    let err = send_patch(&mut link, &corrupt, &old).unwrap_err();
+    assert_eq!(device_error(&err).0, DeviceErrorKind::Patch, "{err}");
+    assert_eq!(fs::read(&target).unwrap(), new);
+    assert!(!dir.join("fw.img.otaflash-new").exists());
+
+    // A patch whose header names another image than the host announced.
+    let mut link = device.port.plug();
+    let err = send_patch(&mut link, &back, &new).unwrap_err();
+    let (kind, message) = device_error(&err);
+    assert_eq!(kind, DeviceErrorKind::Patch);
+    assert!(message.contains("announced"), "{message}");
+    assert_eq!(fs::read(&target).unwrap(), new);
+
+    // The way back works, cut at every frame first.
+    for cut in 1..4 {
+        let mut link = Faulty::new(device.port.plug(), cut);
+        link.cut_after_frames = Some(cut);
+        assert!(send_patch(&mut link, &back, &old).is_err(), "cut {cut}");
+        assert_eq!(fs::read(&target).unwrap(), new, "cut {cut}");
+    }
+    let mut link = device.port.plug();
+    let report = send_patch(&mut link, &back, &old).unwrap();
+    assert_eq!(report.resumed_from, 0, "patches restart from their start");
+    assert_eq!(fs::read(&target).unwrap(), old);
     let reports = device.stop();
     assert_eq!(
         reports.iter().map(|r| r.verified).collect::<Vec<_>>(),
-        [true, false]
+        [true, true]
     );
 
     // Without an engine the agent says so before anything is sent.
     let device = Device::start(&target, AgentOptions::default(), None);
     let mut link = device.port.plug();
     let err = send_patch(&mut link, &patch, &new).unwrap_err();
-    match &err {
-        Error::Device { kind, message, .. } => {
-            assert_eq!(*kind, DeviceErrorKind::Unsupported);
-            assert!(message.contains("delta engine"), "{message}");
-        }
-        other => panic!("{other}"),
-    }
+    let (kind, message) = device_error(&err);
+    assert_eq!(kind, DeviceErrorKind::Unsupported);
+    assert!(message.contains("delta engine"), "{message}");
     device.stop();
+    assert_eq!(fs::read(&target).unwrap(), old);
     fs::remove_dir_all(dir).unwrap();
+}
+
+/// A NOR flash with 4 KiB erase blocks: two 124 KiB slots after the records.
+fn nor_flash() -> SharedDevice<SimFlash> {
+    let geometry = Geometry {
+        kind: FlashKind::Nor,
+        size: 256 << 10,
+        erase_size: 4096,
+        write_size: 1,
+        page_size: 256,
+        oob_size: 0,
+    };
+    SharedDevice::new(SimFlash::new(geometry, SimOptions::default()).unwrap())
+}
+
+fn slot_image(flash: &SharedDevice<SimFlash>, slot: u8, size: usize) -> Vec<u8> {
+    let mut layout = AbLayout::open(flash.clone()).unwrap();
+    let mut out = vec![0u8; size];
+    layout.read_slot(slot, 0, &mut out).unwrap();
+    out
+}
+
+/// What `otaflash slot boot` and then `confirm` do on a device.
+fn boot_and_confirm(flash: &SharedDevice<SimFlash>) -> u8 {
+    let mut layout = AbLayout::open(flash.clone()).unwrap();
+    let decision = layout.boot().unwrap();
+    assert_eq!(layout.confirm().unwrap(), Some(decision.slot));
+    decision.slot
+}
+
+#[test]
+fn a_flash_target_takes_images_and_deltas_into_the_inactive_slot() {
+    let flash = nor_flash();
+    let slot = AbSlot::new(flash.clone(), "sim:test").unwrap();
+    let engine: Arc<dyn DeltaEngine> = Arc::new(PatchEngine::default());
+    let device = Device::serving(Box::new(slot), AgentOptions::default(), Some(engine));
+    let v1 = firmware(100_000, 11);
+    let v2 = next_version(&v1, 12);
+
+    // No image yet: a delta has nothing to apply to, and says so.
+    let mut link = device.port.plug();
+    let err = send_patch(&mut link, &diff(&v1, &v2), &v2).unwrap_err();
+    assert!(device_error(&err).1.contains("full image first"), "{err}");
+
+    let mut link = device.port.plug();
+    let report = send_image(&mut link, &v1, &fast_options()).unwrap();
+    assert_eq!(report.target, "sim:test (A/B slots)");
+    let state = AbLayout::open(flash.clone()).unwrap().state().clone();
+    assert_eq!(state.phase, AbPhase::Trial { slot: 1, tries: 1 });
+    assert_eq!(
+        state.active, 0,
+        "the old slot boots until the trial is confirmed"
+    );
+
+    // Another transfer before the trial is settled is refused, clearly.
+    let mut link = device.port.plug();
+    let err = send_image(&mut link, &v2, &fast_options()).unwrap_err();
+    assert!(device_error(&err).1.contains("on trial"), "{err}");
+    assert_eq!(boot_and_confirm(&flash), 1);
+    assert_eq!(slot_image(&flash, 1, v1.len()), v1);
+
+    // The delta reads v1 from the active slot (B) and writes v2 into A.
+    let mut link = device.port.plug();
+    let report = send_patch(&mut link, &diff(&v1, &v2), &v2).unwrap();
+    assert_eq!(report.kind, StreamKind::Delta);
+    assert_eq!(boot_and_confirm(&flash), 0);
+    assert_eq!(slot_image(&flash, 0, v2.len()), v2);
+    assert_eq!(
+        slot_image(&flash, 1, v1.len()),
+        v1,
+        "the old slot is intact"
+    );
+
+    // A patch for another old image (v1; A holds v2) is refused before
+    // anything is written: the record, which still names v1 in slot B for a
+    // roll back, is unchanged.
+    let before = AbLayout::open(flash.clone()).unwrap().state().clone();
+    let mut link = device.port.plug();
+    let err = send_patch(&mut link, &diff(&v1, &v2), &v2).unwrap_err();
+    let (kind, message) = device_error(&err);
+    assert_eq!(kind, DeviceErrorKind::Patch, "{message}");
+    assert!(message.contains("old image"), "{message}");
+    assert_eq!(AbLayout::open(flash.clone()).unwrap().state(), &before);
+    assert_eq!(slot_image(&flash, 1, v1.len()), v1);
+    let reports = device.stop();
+    assert!(reports.iter().all(|r| r.verified));
+    assert_eq!(reports.len(), 2);
+}
+
+#[test]
+fn a_cut_into_a_flash_target_leaves_the_active_slot_and_resumes_honestly() {
+    let flash = nor_flash();
+    let slot = AbSlot::new(flash.clone(), "sim:cut").unwrap();
+    let options = AgentOptions {
+        checkpoint_every: 4096,
+        ..AgentOptions::default()
+    };
+    let device = Device::serving(Box::new(slot), options, None);
+    let host_options = HostOptions {
+        compress: false,
+        ..fast_options()
+    };
+    let mut images = vec![firmware(40_000, 20)];
+    let mut link = device.port.plug();
+    send_image(&mut link, &images[0], &host_options).unwrap();
+    boot_and_confirm(&flash);
+    let mut link = Faulty::new(device.port.plug(), 0);
+    send_image(&mut link, &firmware(40_000, 21), &host_options).unwrap();
+    let total_frames = link.frames;
+    boot_and_confirm(&flash);
+    images.push(firmware(40_000, 21));
+
+    let mut resumed = 0;
+    for cut in 1..=total_frames {
+        let image = firmware(40_000, 100 + cut);
+        let active_before = AbLayout::open(flash.clone()).unwrap().state().active;
+        let running = images.last().unwrap().clone();
+        let mut link = Faulty::new(device.port.plug(), cut);
+        link.cut_after_frames = Some(cut);
+        let first = send_image(&mut link, &image, &host_options);
+        // Whatever happened, a boot now runs an intact image.
+        let mut layout = AbLayout::open(flash.clone()).unwrap();
+        let state = layout.state().clone();
+        let decision = layout.boot().unwrap();
+        let booted = slot_image(&flash, decision.slot, 40_000);
+        match (&first, state.phase) {
+            // The agent verified and switched (the host may not have heard).
+            (_, AbPhase::Trial { .. }) => {
+                assert_eq!(booted, image, "cut {cut}: a trial of the verified image");
+                assert_eq!(layout.confirm().unwrap(), Some(decision.slot));
+            }
+            (Ok(_), phase) => panic!("cut {cut}: success without a trial: {phase:?}"),
+            (Err(_), _) => {
+                drop(layout);
+                assert_eq!(decision.slot, active_before, "cut {cut}: {state:?}");
+                assert_eq!(booted, running, "cut {cut}");
+                let mut link = device.port.plug();
+                let second = send_image(&mut link, &image, &host_options)
+                    .unwrap_or_else(|e| panic!("cut {cut}: the resumed run failed: {e}"));
+                // Resumed only after whole erase blocks the agent proved,
+                // or done at once when the agent had finished (a cut after END).
+                let at = second.resumed_from;
+                assert!(
+                    at.is_multiple_of(4096) || at == image.len() as u64,
+                    "cut {cut}: resumed at {at}"
+                );
+                assert!(at <= image.len() as u64, "cut {cut}");
+                if second.resumed_from > 0 {
+                    resumed += 1;
+                }
+                assert_eq!(boot_and_confirm(&flash), 1 - active_before, "cut {cut}");
+            }
+        }
+        let state = AbLayout::open(flash.clone()).unwrap().state().clone();
+        assert_eq!(slot_image(&flash, state.active, image.len()), image);
+        assert_eq!(
+            state.images[usize::from(state.active)],
+            Some(ImageInfo {
+                size: image.len() as u64,
+                sha256: sha256(&image)
+            })
+        );
+        images.push(image);
+    }
+    assert!(
+        resumed > total_frames / 2,
+        "only {resumed} of {total_frames} runs resumed"
+    );
+    device.stop();
 }

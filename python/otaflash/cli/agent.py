@@ -7,7 +7,11 @@ from TARGET and its SHA-256 matched; an interrupted transfer resumes from
 the last durable checkpoint when the host runs the same command again.
 
 TARGET is file:PATH (the image is written next to PATH and renamed over it
-once verified); mtd: and sim: targets come with the flash layer.
+once verified), or flash: sim:PATH?kind=nor&size=... or mtd:/dev/mtdN with
+the A/B layout (created on first use: two equal slots). There the image goes
+to the inactive slot, a delta reads the old image from the active one, and
+a verified image becomes a trial boot of its slot, as `otaflash flash
+--layout ab` does: run `otaflash slot boot` and `otaflash slot confirm` next.
 It serves until stopped (Ctrl-C, SIGTERM), or for one transfer with --once.
 """
 
@@ -31,7 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_port_arguments(parser)
     parser.add_argument(
-        "--target", "-t", required=True, metavar="TARGET", help="where images go: file:PATH"
+        "--target",
+        "-t",
+        required=True,
+        metavar="TARGET",
+        help="where images go: file:PATH, or sim:PATH?... / mtd:/dev/mtdN (A/B slots)",
     )
     parser.add_argument(
         "--max-baud",
@@ -70,11 +78,17 @@ def run(args: argparse.Namespace, out: Output) -> int:
 
     port = resolve_port(args)
     results: list[dict[str, Any]] = []
+    on_flash = not args.target.startswith("file:")
 
     def on_transfer(record: dict[str, Any]) -> None:
         results.append(record)
         what = "delta" if record["delta"] else "image"
-        state = "verified and committed" if record["verified"] else "FAILED verification"
+        if not record["verified"]:
+            state = "FAILED verification"
+        elif on_flash:
+            state = "verified, to boot on trial (then `otaflash slot boot`, `slot confirm`)"
+        else:
+            state = "verified and committed"
         text = (
             f"{args.target}: {what} of {record['stream_size']} bytes -> image of "
             f"{record['size']} bytes, {state} (sha256 {record['sha256']}) "

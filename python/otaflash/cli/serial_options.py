@@ -243,6 +243,12 @@ def describe(record: dict[str, Any]) -> str:
         f"{record['image']}: {record['size']} bytes to {record['port']} over "
         f"{record['protocol']} in {seconds:.1f} s ({rate:.0f} kbit/s)"
     )
+    if record["protocol"] == "otaflash" and record.get("delta"):
+        return (
+            f"{record['image']}: patch of {record['stream_size']} bytes sent to {record['port']} "
+            f"in {seconds:.1f} s; the device rebuilt its image ({record['size']} bytes) and "
+            f"verified it by read-back (sha256 {record['sha256']})"
+        )
     if record["protocol"] == "otaflash":
         resumed = record.get("resumed_from", 0)
         if resumed:

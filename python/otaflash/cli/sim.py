@@ -1,9 +1,12 @@
 """Simulated devices on a serial port, for trying tools without hardware.
 
-otaflash sim stm32 --port pty --target file:flash.bin
+otaflash sim stm32 --port pty --target sim:flash.sim
     serves an STM32 system bootloader (AN3155) until stopped; with --port pty
     it makes a pseudo-terminal and prints its path: point stm32flash
-    (-m 8n1), stm32loader or `otaflash flash --protocol stm32` at it.
+    (-m 8n1), stm32loader or `otaflash flash --protocol stm32` at it. The
+    chip's flash is kept in TARGET: sim:PATH (a simulated NOR flash, made
+    with the chip's size and smallest page as erase block), file:PATH (a
+    plain file) or mtd:/dev/mtdN.
 otaflash sim ymodem --port PORT --target file:fw.bin [--uboot]
     receives one YMODEM batch (like `rb`, or like U-Boot `loady` with
     --uboot) and exits.
@@ -16,7 +19,7 @@ import os
 from typing import Any
 
 from otaflash.cli.output import Output
-from otaflash.errors import Cancelled, InputError
+from otaflash.errors import Cancelled, InputError, TargetError
 
 NAME = "sim"
 HELP = "serve a simulated device on a serial port (STM32 bootloader, YMODEM receiver)"
@@ -29,7 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--port", "-p", required=True, help="serial device, pyserial URL, or `pty` for a new pty"
     )
     stm32.add_argument(
-        "--target", "-t", required=True, metavar="TARGET", help="the chip's flash: file:PATH"
+        "--target",
+        "-t",
+        required=True,
+        metavar="TARGET",
+        help="the chip's flash: sim:PATH (simulated NOR flash), file:PATH or mtd:/dev/mtdN",
     )
     stm32.add_argument("--chip", default="f407", help="f407 (1 MiB, default) or f103 (128 KiB)")
     stm32.add_argument("--baud", "-b", type=int, default=115200)
@@ -61,10 +68,20 @@ def _file_target(target: str) -> str:
     return path
 
 
+def _flash_target(target: str) -> str:
+    scheme = target.partition(":")[0]
+    if scheme not in ("file", "sim", "mtd") or target == f"{scheme}:":
+        raise TargetError(f"{target!r} is not a target for the chip's flash")
+    return target
+
+
 def run(args: argparse.Namespace, out: Output) -> int:
     from otaflash.cli.agent import stop_on_sigterm
     from otaflash.serial.ports import open_port
     from otaflash.sim.pty import PtyPort
+
+    if args.sim_kind == "stm32":
+        _flash_target(args.target)  # before the port is opened and "ready" said
 
     stop = stop_on_sigterm()
     parity = getattr(args, "parity", "none")

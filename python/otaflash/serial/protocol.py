@@ -11,7 +11,6 @@ is the specification.
 
 from __future__ import annotations
 
-import importlib
 import os
 import threading
 from collections.abc import Callable
@@ -19,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import serial
 
-from otaflash import _core
-from otaflash.errors import UnsupportedError
+from otaflash import _core, delta
+from otaflash.errors import InputError
 from otaflash.serial.ports import describe_port, is_url, opened
 from otaflash.serial.result import FlashResult
 
@@ -115,21 +114,27 @@ def send(
 def patch_target(patch: str | os.PathLike[str]) -> tuple[int, str]:
     """The size and SHA-256 of the image ``patch`` produces, from its header.
 
-    The delta engine (``otaflash.delta``) reads patch headers; without it a
-    delta cannot be checked, so it cannot be sent.
+    Only sequential otaflash patches (``otaflash diff``) name both, and only
+    they apply on the agent (it writes the new image beside the old one).
     """
-    try:
-        delta: Any = importlib.import_module("otaflash.delta")
-    except ImportError:
-        delta = None
-    info_of: Callable[[str], Any] | None = getattr(delta, "patch_info", None)
-    if info_of is None:
-        raise UnsupportedError(
-            "sending a delta needs the delta engine (otaflash.delta) to read the patch "
-            "header, and this build has none; send the full image instead"
+    info = delta.patch_info(patch)
+    name = os.fspath(patch)
+    problem = None
+    if info.format != "otaflash":
+        problem = InputError(
+            f"{name} is a {info.format} patch, which does not name the SHA-256 of the image "
+            "it makes, so the agent's read-back could not be checked"
         )
-    info = info_of(os.fspath(patch))
-    return int(info.new_size), str(info.new_sha256)
+        problem.hint = "make an otaflash patch with `otaflash diff OLD NEW -o PATCH`"
+    elif info.fields.get("kind") != "sequential":
+        problem = InputError(
+            f"{name} is an {info.fields.get('kind')} patch; the agent applies sequential ones "
+            "(it writes the new image beside the old one)"
+        )
+        problem.hint = "make the patch without --in-place"
+    if problem is not None:
+        raise problem
+    return info.new_size, str(info.fields["new_sha256"])
 
 
 def send_delta(
@@ -190,7 +195,11 @@ def serve_agent(
     progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
 ) -> None:
-    """Runs the device end on ``port``, writing images to ``target`` (``file:PATH``).
+    """Runs the device end on ``port``, writing images to ``target``.
+
+    ``target`` is ``file:PATH`` (replaced once a new image is verified) or a
+    flash target (``sim:...``, ``mtd:...``) with the A/B layout, where a
+    verified image becomes a trial boot of the inactive slot.
 
     Serves hosts until ``stop`` is set or Ctrl-C (or after one transfer with
     ``once``); ``on_transfer(record)`` hears each transfer that reached its

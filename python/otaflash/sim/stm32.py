@@ -5,7 +5,11 @@ GET / GET_VERSION / GET_ID, READ and WRITE MEMORY (256 bytes, XOR checksums),
 ERASE or EXTENDED ERASE (by page, or all), GO, write/readout (un)protect.
 Flash behaves like flash: erased bytes are 0xFF, programming only clears
 bits, so writing over unerased data is NACKed as a real chip would refuse it.
-The flash lives in a file, so it survives between runs and can be inspected.
+The flash lives in a target that survives between runs and can be
+inspected: ``file:PATH`` (a plain file of the flash's size) or a flash-layer
+target, ``sim:PATH`` (a simulated NOR flash, created with the chip's flash
+size and smallest page as erase block unless the URI says otherwise) or
+``mtd:/dev/mtdN``.
 
 Emulated parts (``CHIPS``): ``f103`` (STM32F103xB, 128 KiB in 1 KiB pages,
 bootloader 2.2 with ERASE) and ``f407`` (STM32F407, 1 MiB in 16/64/128 KiB
@@ -14,13 +18,12 @@ sectors, bootloader 3.1 with EXTENDED ERASE).
 The emulator is Rust (``otaflash_core::serial::stm32::emulator``): it
 shares the protocol's constants and chip table with our host, runs at
 native speed so benchmark timings measure the link and not the emulator,
-and keeps its flash behind a small store trait that the flash layer's
-simulated NOR flash can back.
+and keeps its flash behind a small store trait over a file or a flash-layer
+device.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -31,23 +34,12 @@ from otaflash import _core
 from otaflash.errors import InputError
 from otaflash.serial.ports import opened
 
-__all__ = ["CHIPS", "flash_path_of", "serve"]
+__all__ = ["CHIPS", "serve"]
 
 #: name -> (part, flash size in bytes)
 CHIPS: dict[str, tuple[str, int]] = {
     name: (part, size) for name, part, size in _core.stm32_emulated_chips()
 }
-
-
-def flash_path_of(target: str) -> str:
-    """The file behind a ``file:PATH`` target (``sim:`` comes with the flash layer)."""
-    scheme, sep, path = target.partition(":")
-    if not sep or scheme != "file" or not path:
-        raise InputError(
-            f"unsupported target {target!r} for the emulator; use file:PATH "
-            "(sim: targets need the flash layer)"
-        )
-    return path
 
 
 def serve(
@@ -62,15 +54,16 @@ def serve(
 ) -> None:
     """Serves the bootloader on ``port`` with its flash in ``target`` until stopped.
 
+    ``target`` is ``file:PATH``, ``sim:PATH[?...]`` or ``mtd:/dev/mtdN``.
+
     ``port`` is a device path, a pyserial object, or a
     :class:`~otaflash.sim.pty.PtyPort`. ``on_event(record)`` hears
     connections, erases, GO and protection changes.
     """
     if chip not in CHIPS:
         raise InputError(f"no emulated chip {chip!r}; choose {', '.join(CHIPS)}")
-    flash = os.path.abspath(flash_path_of(target))
     if isinstance(port, str):
         with opened(port, baud, parity=parity) as handle:
-            _core.stm32_emulate(handle, flash, chip=chip, on_event=on_event, stop=stop)
+            _core.stm32_emulate(handle, target, chip=chip, on_event=on_event, stop=stop)
     else:
-        _core.stm32_emulate(port, flash, chip=chip, on_event=on_event, stop=stop)
+        _core.stm32_emulate(port, target, chip=chip, on_event=on_event, stop=stop)

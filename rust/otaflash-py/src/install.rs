@@ -14,8 +14,8 @@ use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use otaflash_core::flash::{
-    AbLayout, BlockDevice, FlashWriter, ImageInfo, RegionReader, SharedDevice, SingleSlot,
-    WriteOptions, WriteReport,
+    AbLayout, BlockDevice, FlashWriter, ImageInfo, SharedDevice, SingleSlot, WriteOptions,
+    WriteReport,
 };
 use otaflash_core::inplace::InPlaceTarget;
 use otaflash_core::io::{FileSource, ImageSink, ReadAt};
@@ -158,21 +158,8 @@ fn run_install(
         Placement::Ab => {
             let shared = SharedDevice::new(&mut **device);
             let mut layout = AbLayout::open_or_create(shared.clone(), None)?;
-            let state = layout.state().clone();
             let old = if plan.patch {
-                let active = state.active;
-                let image = state.images[usize::from(active)].ok_or_else(|| {
-                    Error::Slot(format!(
-                        "the active slot {active} of {} holds no recorded image for the patch \
-                         to apply to; install a full image first",
-                        shared.name()
-                    ))
-                })?;
-                Some(RegionReader::new(
-                    shared.clone(),
-                    state.slots[usize::from(active)],
-                    image.size,
-                )?)
+                Some(layout.image_reader(layout.state().active)?)
             } else {
                 None
             };

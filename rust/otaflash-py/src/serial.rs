@@ -7,13 +7,16 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
+use otaflash_core::flash::TargetSpec;
 use otaflash_core::io::{FileSink, FileSource, ImageSink};
 use otaflash_core::progress::CancelToken;
+use otaflash_core::serial::ab_slot::AbSlot;
 use otaflash_core::serial::agent::{self, AgentOptions, TransferReport};
+use otaflash_core::serial::delta::PatchEngine;
 use otaflash_core::serial::host::{self, HostOptions, Stream};
 use otaflash_core::serial::message::StreamKind;
 use otaflash_core::serial::slot::{FileSlot, Slot};
-use otaflash_core::serial::stm32::emulator::{self, Event, FileFlash, Profile};
+use otaflash_core::serial::stm32::emulator::{self, Event, Profile};
 use otaflash_core::serial::stm32::host as stm32;
 use otaflash_core::serial::{hex, ymodem};
 use otaflash_core::{Error, Result};
@@ -43,15 +46,12 @@ fn parse_sha256(text: &str) -> Result<[u8; 32]> {
         .ok_or_else(|| Error::InvalidArgument(format!("{text:?} is not a SHA-256 in hex")))
 }
 
-/// The agent's storage from a target URI. `mtd:` and `sim:` come with the
-/// flash layer; they plug in here as more `Slot` implementations.
+/// The agent's storage from a target URI: `file:PATH` is a file replaced
+/// once verified; `sim:`/`mtd:` are flash with the A/B layout.
 fn open_slot(target: &str) -> Result<Box<dyn Slot>> {
-    match target.split_once(':') {
-        Some(("file", path)) if !path.is_empty() => Ok(Box::new(FileSlot::new(path))),
-        _ => Err(Error::InvalidArgument(format!(
-            "unsupported target {target:?}: use file:PATH (mtd: and sim: targets need the \
-             flash layer)"
-        ))),
+    match TargetSpec::parse(target)? {
+        TargetSpec::File(path) => Ok(Box::new(FileSlot::new(path))),
+        spec => Ok(Box::new(AbSlot::new(spec.open()?, target)?)),
     }
 }
 
@@ -204,11 +204,12 @@ pub fn serial_agent(
         })
         .map_err(|e| Error::Callback(Box::new(e)))
     };
+    let engine = PatchEngine::default();
     py.detach(|| {
         agent::serve(
             &mut link,
             &mut *slot,
-            None,
+            Some(&engine),
             &options,
             &mut progress,
             &CancelToken::new(),
@@ -456,14 +457,15 @@ fn event_dict<'py>(py: Python<'py>, event: &Event) -> PyResult<Bound<'py, PyDict
     Ok(out)
 }
 
-/// Serves an emulated STM32 bootloader on `port` with its flash in the file
-/// `flash` until stopped; `on_event(dict)` hears what the host made it do.
+/// Serves an emulated STM32 bootloader on `port` with its flash in `target`
+/// (`file:PATH`, `sim:PATH...` or `mtd:...`) until stopped; `on_event(dict)`
+/// hears what the host made it do.
 #[pyfunction]
-#[pyo3(signature = (port, flash, *, chip = "f407", on_event = None, stop = None))]
+#[pyo3(signature = (port, target, *, chip = "f407", on_event = None, stop = None))]
 pub fn stm32_emulate(
     py: Python<'_>,
     port: &Bound<'_, PyAny>,
-    flash: PathBuf,
+    target: &str,
     chip: &str,
     on_event: Option<Py<PyAny>>,
     stop: Option<Py<PyAny>>,
@@ -475,8 +477,7 @@ pub fn stm32_emulate(
             names.join(", ")
         ))
     })?;
-    let size = u64::from(profile.chip()?.flash_size());
-    let mut store = FileFlash::open(&flash, size)?;
+    let mut store = emulator::open_flash(target, profile.chip()?)?;
     let mut link = PyLink::new(port, stop)?;
     let mut report = |event: Event| -> Result<()> {
         let Some(callback) = &on_event else {
@@ -491,7 +492,7 @@ pub fn stm32_emulate(
     py.detach(|| {
         emulator::serve(
             &mut link,
-            &mut store,
+            &mut *store,
             profile,
             &CancelToken::new(),
             &mut report,

@@ -9,7 +9,10 @@
 
 use super::record::{Dec, Enc, ImageInfo, Layout, NextAction, RecordStore, record_region};
 use super::writer::{region_digest, short_hex};
-use super::{BlockDevice, FlashWriter, Region, WriteOptions, WriteReport, good_blocks, hex};
+use super::{
+    BlockDevice, FlashWriter, Region, RegionReader, SharedDevice, WriteOptions, WriteReport,
+    good_blocks, hex,
+};
 use crate::io::{ImageSink, ReadAt};
 use crate::progress::{CancelToken, Progress};
 use crate::{Error, Result};
@@ -21,8 +24,14 @@ pub const TRIAL_TRIES: u8 = 1;
 pub enum AbPhase {
     /// The active slot runs; nothing pending.
     Idle,
-    /// `image` is being written into `slot` (the inactive one).
-    Writing { slot: u8, image: ImageInfo },
+    /// `image` is being written into `slot` (the inactive one); its first
+    /// `written` bytes were written, verified and made durable as of the last
+    /// [`AbInstall::checkpoint`] (0 when nobody checkpoints).
+    Writing {
+        slot: u8,
+        image: ImageInfo,
+        written: u64,
+    },
     /// `slot` holds a verified new image on trial, with `tries` boots left.
     Trial { slot: u8, tries: u8 },
 }
@@ -44,7 +53,7 @@ impl AbState {
         e.u8(self.active);
         match self.phase {
             AbPhase::Idle => e.u8(0),
-            AbPhase::Writing { slot, image } => {
+            AbPhase::Writing { slot, image, .. } => {
                 e.u8(1);
                 e.u8(slot);
                 e.image(Some(image));
@@ -57,6 +66,11 @@ impl AbState {
         }
         e.image(self.images[0]);
         e.image(self.images[1]);
+        // Last, so records from before it existed still decode (as 0).
+        e.u64(match self.phase {
+            AbPhase::Writing { written, .. } => written,
+            _ => 0,
+        });
     }
 
     pub(crate) fn decode(d: &mut Dec<'_>) -> Option<Self> {
@@ -67,6 +81,7 @@ impl AbState {
             1 => AbPhase::Writing {
                 slot: d.u8().filter(|&s| s < 2)?,
                 image: d.image()??,
+                written: 0,
             },
             2 => AbPhase::Trial {
                 slot: d.u8().filter(|&s| s < 2)?,
@@ -74,11 +89,20 @@ impl AbState {
             },
             _ => return None,
         };
+        let images = [d.image()?, d.image()?];
+        let phase = match phase {
+            AbPhase::Writing { slot, image, .. } => AbPhase::Writing {
+                slot,
+                image,
+                written: d.u64().unwrap_or(0).min(image.size),
+            },
+            other => other,
+        };
         Some(Self {
             slots,
             active,
             phase,
-            images: [d.image()?, d.image()?],
+            images,
         })
     }
 
@@ -89,7 +113,7 @@ impl AbState {
     pub fn next_action(&self) -> NextAction {
         match self.phase {
             AbPhase::Idle => NextAction::Boot { slot: self.active },
-            AbPhase::Writing { slot, image } => NextAction::ResumeInstall { slot, image },
+            AbPhase::Writing { slot, image, .. } => NextAction::ResumeInstall { slot, image },
             AbPhase::Trial { slot, tries: 0 } => NextAction::RollBack {
                 from: slot,
                 to: self.active,
@@ -219,14 +243,9 @@ impl<D: BlockDevice> AbLayout<D> {
         Ok(())
     }
 
-    /// Starts (or resumes, for the same image) writing `image` into the
-    /// inactive slot. Feed the returned sink the image bytes, then `finish`
-    /// it: that verifies the slot and switches to a trial of it.
-    pub fn begin_install(
-        &mut self,
-        image: ImageInfo,
-        options: WriteOptions,
-    ) -> Result<AbInstall<'_, D>> {
+    /// The slot an install of `image` would write, checked: no trial may be
+    /// pending and the image must fit the slot's good blocks. Writes nothing.
+    pub fn install_slot(&mut self, image: ImageInfo) -> Result<u8> {
         let slot = match self.state.phase {
             AbPhase::Trial { slot, .. } => {
                 return Err(Error::Slot(format!(
@@ -247,9 +266,53 @@ impl<D: BlockDevice> AbLayout<D> {
                 slot_name(slot)
             )));
         }
-        if self.state.phase != (AbPhase::Writing { slot, image }) {
+        Ok(slot)
+    }
+
+    /// How many bytes of `image` an interrupted install of it left written,
+    /// verified and durable (its last checkpoint); 0 for any other image.
+    pub fn resumable(&self, image: ImageInfo) -> u64 {
+        match self.state.phase {
+            AbPhase::Writing {
+                image: writing,
+                written,
+                ..
+            } if writing == image => written,
+            _ => 0,
+        }
+    }
+
+    /// The slot and image of a trial that waits for its first boot.
+    pub fn pending_trial(&self) -> Option<(u8, ImageInfo)> {
+        match self.state.phase {
+            AbPhase::Trial { slot, tries } if tries == TRIAL_TRIES => {
+                self.state.images[usize::from(slot)].map(|image| (slot, image))
+            }
+            _ => None,
+        }
+    }
+
+    /// Starts (or resumes, for the same image) writing `image` into the
+    /// inactive slot. Feed the returned sink the image bytes, then `finish`
+    /// it: that verifies the slot and switches to a trial of it.
+    pub fn begin_install(
+        &mut self,
+        image: ImageInfo,
+        options: WriteOptions,
+    ) -> Result<AbInstall<'_, D>> {
+        let slot = self.install_slot(image)?;
+        let region = self.state.slots[usize::from(slot)];
+        let same = matches!(
+            self.state.phase,
+            AbPhase::Writing { slot: s, image: i, .. } if s == slot && i == image
+        );
+        if !same {
             let mut next = self.state.clone();
-            next.phase = AbPhase::Writing { slot, image };
+            next.phase = AbPhase::Writing {
+                slot,
+                image,
+                written: 0,
+            };
             next.images[usize::from(slot)] = None;
             self.commit(next)?;
         }
@@ -266,6 +329,19 @@ impl<D: BlockDevice> AbLayout<D> {
             slot,
             image,
         })
+    }
+
+    /// Drops a pending install or an unconfirmed trial: the slot it wrote is
+    /// forgotten and the active slot stays what boots.
+    pub fn abandon(&mut self) -> Result<()> {
+        let slot = match self.state.phase {
+            AbPhase::Idle => return Ok(()),
+            AbPhase::Writing { slot, .. } | AbPhase::Trial { slot, .. } => slot,
+        };
+        let mut next = self.state.clone();
+        next.phase = AbPhase::Idle;
+        next.images[usize::from(slot)] = None;
+        self.commit(next)
     }
 
     /// Installs the whole image from `source` (see [`Self::begin_install`]).
@@ -368,6 +444,28 @@ impl<D: BlockDevice> AbLayout<D> {
     }
 }
 
+impl<D: BlockDevice> AbLayout<SharedDevice<D>> {
+    /// Reads the image `slot` holds (per the record) while the device stays
+    /// shared: a delta applied from the active slot reads through this while
+    /// the install writes the inactive one.
+    pub fn image_reader(&self, slot: u8) -> Result<RegionReader<SharedDevice<D>>> {
+        let slot = slot & 1;
+        let image = self.state.images[usize::from(slot)].ok_or_else(|| {
+            Error::Slot(format!(
+                "slot {} of {} holds no recorded image for a patch to apply to; install a \
+                 full image first",
+                slot_name(slot),
+                self.device.name()
+            ))
+        })?;
+        RegionReader::new(
+            self.device.clone(),
+            self.state.slots[usize::from(slot)],
+            image.size,
+        )
+    }
+}
+
 /// An install in progress: an [`ImageSink`] over the inactive slot.
 pub struct AbInstall<'a, D: BlockDevice> {
     writer: FlashWriter<'a, D>,
@@ -400,6 +498,52 @@ impl<'a, D: BlockDevice> AbInstall<'a, D> {
 
     pub fn slot(&self) -> u8 {
         self.slot
+    }
+
+    /// Continues an interrupted install after its first `offset` bytes,
+    /// which must be within what its last checkpoint recorded (see
+    /// [`AbLayout::resumable`]): feed the image from `offset` on.
+    pub fn resume_from(mut self, offset: u64) -> Result<Self> {
+        let recorded = match self.state.phase {
+            AbPhase::Writing { image, written, .. } if image == self.image => written,
+            _ => 0,
+        };
+        if offset > recorded {
+            return Err(Error::Slot(format!(
+                "cannot resume the install into slot {} at byte {offset}: only {recorded} bytes \
+                 were recorded as written",
+                slot_name(self.slot)
+            )));
+        }
+        self.writer = self.writer.continue_after(offset)?;
+        Ok(self)
+    }
+
+    /// Makes the blocks written so far durable and records their count in
+    /// the state record, so an interrupted install can continue after them
+    /// ([`AbInstall::resume_from`]). Returns that count. Bytes short of a
+    /// whole erase block wait in memory and are not counted.
+    pub fn checkpoint(&mut self) -> Result<u64> {
+        let written = self.writer.report().bytes;
+        let recorded = match self.state.phase {
+            AbPhase::Writing { image, written, .. } if image == self.image => written,
+            _ => return Ok(0), // finished (on trial): nothing to resume
+        };
+        if written <= recorded {
+            return Ok(recorded);
+        }
+        let device = self.writer.device_mut();
+        device.sync()?;
+        let mut next = self.state.clone();
+        next.phase = AbPhase::Writing {
+            slot: self.slot,
+            image: self.image,
+            written,
+        };
+        self.store.write(device, &Layout::Ab(next.clone()))?;
+        device.sync()?;
+        *self.state = next;
+        Ok(written)
     }
 
     pub fn report(&self) -> &WriteReport {

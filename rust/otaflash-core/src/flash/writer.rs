@@ -178,6 +178,66 @@ impl<'a, D: BlockDevice + ?Sized> FlashWriter<'a, D> {
         Ok(self)
     }
 
+    /// Continues a write whose first `offset` bytes are already on the
+    /// device (an interrupted install that recorded them): the writer moves
+    /// past the blocks that hold them and hashes them from the device, so
+    /// the report covers the whole image. On flash `offset` must be a whole
+    /// number of erase blocks. Call before writing anything.
+    pub fn continue_after(mut self, offset: u64) -> Result<Self> {
+        if self.report.bytes != 0 || !self.pending.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a write can only continue after earlier bytes before it starts".into(),
+            ));
+        }
+        if self.expected.is_some_and(|size| offset > size) {
+            return Err(Error::InvalidArgument(format!(
+                "cannot continue after byte {offset}: the image is smaller"
+            )));
+        }
+        if offset == 0 {
+            return Ok(self);
+        }
+        let image = self.geometry.kind == FlashKind::Image;
+        if !image && !offset.is_multiple_of(self.geometry.erase_size) {
+            return Err(Error::Geometry(format!(
+                "cannot continue after byte {offset}: not a whole number of {}-byte erase blocks",
+                self.geometry.erase_size
+            )));
+        }
+        let blocks = if image {
+            Vec::new()
+        } else {
+            let region = Region::new(self.next, self.region.end() - self.next);
+            good_blocks(self.device, region)?
+        };
+        let mut buf = vec![0u8; self.block_len];
+        let mut done = 0u64;
+        while done < offset {
+            let n = (offset - done).min(self.block_len as u64) as usize;
+            let chunk = &mut buf[..n];
+            if image {
+                self.device.read(self.region.start + done, chunk)?;
+            } else {
+                read_with_map(self.device, &blocks, self.geometry.erase_size, done, chunk)?;
+            }
+            self.hasher.update(chunk);
+            done += n as u64;
+            self.report.blocks += 1;
+        }
+        self.next = if image {
+            self.region.start + offset
+        } else {
+            let index = usize::try_from(offset / self.geometry.erase_size).unwrap_or(usize::MAX);
+            match blocks.get(index) {
+                Some(&block) => block,
+                None => self.region.end(),
+            }
+        };
+        self.report.bytes = offset;
+        self.report.end = self.next;
+        Ok(self)
+    }
+
     pub fn with_progress(mut self, progress: impl Progress + 'a) -> Self {
         self.progress = Box::new(progress);
         self

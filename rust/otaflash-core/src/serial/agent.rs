@@ -23,6 +23,7 @@ use super::message::{
 };
 use super::sha256_of;
 use super::slot::{Slot, SlotWriter};
+use crate::flash::ImageInfo;
 use crate::progress::{CancelToken, Operation, Progress, ProgressEvent};
 use crate::{Error, Result};
 
@@ -133,6 +134,19 @@ impl Refusal {
     fn from_error(code: ErrorCode, error: &Error) -> Self {
         // Cancellation and callback errors are not the host's business.
         Self::new(code, error.to_string())
+    }
+}
+
+/// Who is to blame for a failed write: the storage, or (for a delta) the patch.
+fn output_error_code(error: &Error, kind: StreamKind) -> ErrorCode {
+    let storage = matches!(
+        error,
+        Error::Io { .. } | Error::Flash { .. } | Error::Geometry(_) | Error::Slot(_)
+    );
+    if storage || kind == StreamKind::Image {
+        ErrorCode::Flash
+    } else {
+        ErrorCode::Patch
     }
 }
 
@@ -292,14 +306,14 @@ impl Agent<'_> {
                 ..
             } => {
                 if let Err(refusal) = self.data(seq, start, end, &payload, progress) {
-                    self.transfer = None;
+                    self.drop_transfer();
                     self.refuse(session, refusal)?;
                 }
             }
             Message::End { frames, .. } => match self.end(session, frames, progress) {
                 Ok(report) => return Ok(report),
                 Err(refusal) => {
-                    self.transfer = None;
+                    self.drop_transfer();
                     self.refuse(session, refusal)?;
                 }
             },
@@ -336,15 +350,38 @@ impl Agent<'_> {
         Ok(())
     }
 
-    /// A host went away mid-transfer: keep what was written as a resume point.
+    /// A transfer failed. A patch's partial output is dropped (a patch
+    /// restarts from its start anyway); an image's stays as a resume point.
+    fn drop_transfer(&mut self) {
+        let Some(transfer) = self.transfer.take() else {
+            return;
+        };
+        let delta = transfer.begin.kind == StreamKind::Delta;
+        drop(transfer); // the writer stops before the slot is touched again
+        if delta {
+            // Best effort: the old image stays current either way.
+            let _ = self.slot.discard();
+        }
+    }
+
+    /// A host went away mid-transfer: keep what was written of an image as
+    /// a resume point (a patch restarts from its start: drop its output).
     fn abandon_transfer(&mut self) -> Result<()> {
-        if let Some(mut transfer) = self.transfer.take()
-            && let Output::Image(writer) = &mut transfer.output
-            && transfer.offset + transfer.block.as_ref().map_or(0, |b| b.produced)
-                > transfer.last_checkpoint
-        {
-            // Best effort: the durable checkpoint from before stays valid if this fails.
-            let _ = writer.checkpoint();
+        if let Some(mut transfer) = self.transfer.take() {
+            match &mut transfer.output {
+                Output::Image(writer)
+                    if transfer.offset + transfer.block.as_ref().map_or(0, |b| b.produced)
+                        > transfer.last_checkpoint =>
+                {
+                    // Best effort: the durable checkpoint from before stays valid if this fails.
+                    let _ = writer.checkpoint();
+                }
+                Output::Image(_) => {}
+                Output::Delta(_) => {
+                    drop(transfer);
+                    let _ = self.slot.discard();
+                }
+            }
         }
         Ok(())
     }
@@ -419,12 +456,17 @@ impl Agent<'_> {
                 };
                 let flash = |e: Error| Refusal::from_error(ErrorCode::Flash, &e);
                 let old = self.slot.open_current().map_err(flash)?;
+                // A patch restarts from its first byte: no resume point.
+                let image = ImageInfo {
+                    size: begin.image_size,
+                    sha256: begin.image_sha256,
+                };
                 let writer = self
                     .slot
-                    .open_writer(&id, begin.image_size, 0)
+                    .open_writer(&image.sha256, image.size, 0)
                     .map_err(flash)?;
                 let applier = engine
-                    .start(old, writer, begin.image_size)
+                    .start(old, writer, image)
                     .map_err(|e| Refusal::from_error(ErrorCode::Patch, &e))?;
                 (Output::Delta(applier), 0, [0u8; 32])
             }
@@ -567,13 +609,8 @@ impl Agent<'_> {
             return Err(protocol("data arrived outside a block".into()));
         };
         let raw_len = u64::from(block.start.raw_len);
-        let output_error = |e: Error, kind: StreamKind| {
-            let code = match (&e, kind) {
-                (Error::Io { .. }, _) | (_, StreamKind::Image) => ErrorCode::Flash,
-                (_, StreamKind::Delta) => ErrorCode::Patch,
-            };
-            Refusal::from_error(code, &e)
-        };
+        let output_error =
+            |e: Error, kind: StreamKind| Refusal::from_error(output_error_code(&e, kind), &e);
         let kind = transfer.begin.kind;
         let mut stream_ended = false;
         match block.inflater.as_mut() {
@@ -695,14 +732,16 @@ impl Agent<'_> {
             Output::Image(mut writer) => writer
                 .finish()
                 .map_err(|e| Refusal::from_error(ErrorCode::Flash, &e))?,
-            Output::Delta(applier) => applier.finish().map_err(|e| {
-                let code = if matches!(e, Error::Io { .. }) {
-                    ErrorCode::Flash
-                } else {
-                    ErrorCode::Patch
-                };
-                Refusal::from_error(code, &e)
-            })?,
+            Output::Delta(applier) => {
+                if let Err(e) = applier.finish() {
+                    // Best effort: the old image stays current either way.
+                    let _ = self.slot.discard();
+                    return Err(Refusal::from_error(
+                        output_error_code(&e, StreamKind::Delta),
+                        &e,
+                    ));
+                }
+            }
         }
         // Read back what the target holds, never what was meant to be written.
         let (size, sha256) = self

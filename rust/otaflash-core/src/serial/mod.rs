@@ -3,11 +3,12 @@
 //! - [`link`]: the byte pipe every protocol here is written against
 //!   (a port's file descriptor, an in-memory pair; the binding adds pyserial);
 //! - the otaflash protocol ([`frame`], [`message`], [`host`], [`agent`],
-//!   [`slot`], [`delta`]): windowed, compressed, resumable, verified by a
-//!   read-back hash — specified in `docs/serial-protocol.md`;
+//!   [`slot`], [`ab_slot`], [`delta`]): windowed, compressed, resumable,
+//!   verified by a read-back hash — specified in `docs/serial-protocol.md`;
 //! - [`ymodem`]: YMODEM sender and receiver (lrzsz, U-Boot `loady`);
 //! - [`stm32`]: the STM32 system bootloader (ST AN3155), host and emulator.
 
+pub mod ab_slot;
 pub mod agent;
 pub mod delta;
 pub mod frame;

@@ -3,9 +3,10 @@
 //! [`Slot`] is the agent's view of the device's storage: the current image
 //! (a [`ReadAt`]), a writer for the new image (an [`ImageSink`] that can
 //! also make a resume point durable), a read-back of what was written, and
-//! commit/discard. [`FileSlot`] implements it for `file:PATH` targets; the
-//! flash layer implements it for `mtd:`/`sim:` targets over its writer
-//! (the new image goes to the inactive slot and commit switches slots).
+//! commit/discard. [`FileSlot`] implements it for `file:PATH` targets;
+//! [`super::ab_slot::AbSlot`] for flash targets (`mtd:`, `sim:`) with the
+//! flash layer's A/B layout (the new image goes to the inactive slot, and a
+//! verified one becomes a trial boot of it).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -17,8 +18,9 @@ use crate::{Error, Result};
 
 /// Writes a new image and records how far it durably got.
 pub trait SlotWriter: ImageSink + Send {
-    /// Makes every byte written so far durable and records their count as
-    /// the point an interrupted transfer resumes from.
+    /// Makes the bytes written so far durable and records their count as
+    /// the point an interrupted transfer resumes from (flash keeps whole
+    /// erase blocks only: bytes short of one are not counted).
     fn checkpoint(&mut self) -> Result<()>;
 }
 
@@ -30,8 +32,9 @@ pub trait Slot: Send {
     /// The image the device runs now: what a delta is applied to.
     fn open_current(&mut self) -> Result<Box<dyn ReadAt + Send>>;
 
-    /// How many bytes of image `id` (`size` bytes) an interrupted transfer
-    /// left durably written; 0 when there is nothing to resume.
+    /// How many bytes of image `id` (its SHA-256; `size` bytes) an
+    /// interrupted transfer left durably written; 0 when there is nothing to
+    /// resume.
     fn resume_point(&mut self, id: &[u8; 32], size: u64) -> Result<u64>;
 
     /// A writer for image `id` (`size` bytes) continuing at `offset`, which is

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{ACK, Chip, INIT, NACK, address_bytes, cmd, xor};
+use crate::flash::{BlockDevice, FlashKind, TargetSpec};
 use crate::progress::CancelToken;
 use crate::serial::link::Link;
 use crate::{Error, Result};
@@ -69,6 +70,108 @@ impl FileFlash {
             )));
         }
         Ok(flash)
+    }
+}
+
+/// The emulated chip's flash, from a target URI: `file:PATH` (a plain file
+/// of the flash's size), `sim:PATH` (a simulated NOR flash, created with the
+/// chip's size and its smallest page as the erase block unless the URI says
+/// otherwise) or `mtd:/dev/mtdN`.
+pub fn open_flash(target: &str, chip: &Chip) -> Result<Box<dyn FlashStore>> {
+    let size = u64::from(chip.flash_size());
+    match TargetSpec::parse(target)? {
+        TargetSpec::File(path) => Ok(Box::new(FileFlash::open(path, size)?)),
+        TargetSpec::Sim(mut spec) => {
+            if !spec.path.exists() {
+                spec.size.get_or_insert(size);
+                if *spec.kind.get_or_insert(FlashKind::Nor) == FlashKind::Nor {
+                    spec.erase.get_or_insert(u64::from(smallest_page(chip)));
+                }
+            }
+            Ok(Box::new(DeviceFlash::new(spec.open()?, chip)?))
+        }
+        spec @ TargetSpec::Mtd(_) => Ok(Box::new(DeviceFlash::new(spec.open()?, chip)?)),
+    }
+}
+
+/// Flash kept on a flash-layer device (a `sim:` NOR flash, an MTD
+/// partition): the device must be byte-programmable (NOR, RAM) with erase
+/// blocks that tile the chip's pages, and exactly as large as its flash.
+pub struct DeviceFlash<D: BlockDevice + Send> {
+    device: D,
+}
+
+impl<D: BlockDevice + Send> std::fmt::Debug for DeviceFlash<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceFlash")
+            .field("device", &self.device.name())
+            .finish()
+    }
+}
+
+impl<D: BlockDevice + Send> DeviceFlash<D> {
+    pub fn new(device: D, chip: &Chip) -> Result<Self> {
+        let geometry = device.geometry();
+        let bad = |reason: String| Error::Target {
+            target: device.name().to_string(),
+            reason,
+        };
+        if !matches!(geometry.kind, FlashKind::Nor | FlashKind::Ram) || geometry.write_size != 1 {
+            return Err(bad(format!(
+                "is {} flash programmed in {}-byte units; the STM32 emulator needs \
+                 byte-programmable NOR (kind=nor)",
+                geometry.kind, geometry.write_size
+            )));
+        }
+        let size = u64::from(chip.flash_size());
+        if geometry.size != size {
+            return Err(bad(format!(
+                "holds {} bytes, the emulated {} has {size} bytes of flash; use size={size}",
+                geometry.size, chip.name
+            )));
+        }
+        if let Some((start, len)) = chip.page_spans().find(|(start, len)| {
+            !u64::from(start - chip.flash.0).is_multiple_of(geometry.erase_size)
+                || !u64::from(*len).is_multiple_of(geometry.erase_size)
+        }) {
+            return Err(bad(format!(
+                "erases {}-byte blocks, which do not tile the chip's page at {start:#010x} \
+                 ({len} bytes); use erase={}",
+                geometry.erase_size,
+                smallest_page(chip)
+            )));
+        }
+        Ok(Self { device })
+    }
+}
+
+/// The chip's smallest erasable page: the erase block a `sim:` flash for it
+/// gets by default.
+pub fn smallest_page(chip: &Chip) -> u32 {
+    chip.page_spans().map(|(_, len)| len).min().unwrap_or(1024)
+}
+
+impl<D: BlockDevice + Send> FlashStore for DeviceFlash<D> {
+    fn size(&self) -> u64 {
+        self.device.geometry().size
+    }
+
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.device.read(offset, buf)
+    }
+
+    fn program(&mut self, offset: u64, data: &[u8]) -> Result<bool> {
+        let mut old = vec![0u8; data.len()];
+        self.device.read(offset, &mut old)?;
+        if old.iter().zip(data).any(|(o, n)| o & n != *n) {
+            return Ok(false);
+        }
+        self.device.program(offset, data)?;
+        Ok(true)
+    }
+
+    fn erase(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.device.erase(offset, len)
     }
 }
 
