@@ -23,7 +23,7 @@ import pytest
 
 from otaflash import delta, flash
 from otaflash.admin import AdminClient
-from otaflash.demo import DEVICE, PRODUCT
+from otaflash.demo import DEVICE, PRODUCT, SERIAL_DEVICE
 from otaflash.progress import ProgressBars
 from otaflash.server import EmbeddedServer
 from otaflash.sim import firmware
@@ -31,7 +31,17 @@ from otaflash.sim import firmware
 from .conftest import run_otaflash
 
 MIB = 1 << 20
-STAGES = {"firmware", "provision", "server", "publish", "check", "download", "flash", "verify"}
+STAGES = {
+    "firmware",
+    "provision",
+    "server",
+    "publish",
+    "check",
+    "download",
+    "flash",
+    "verify",
+    "serial",
+}
 
 
 def sha256(data: bytes) -> str:
@@ -79,6 +89,15 @@ def test_the_demo_updates_the_device_over_a_delta() -> None:
     assert set(seconds) >= STAGES
     assert all(value >= 0 for value in seconds.values())
     assert seconds["total"] >= sum(seconds[stage] for stage in STAGES) - 0.01
+    # The second device, through its agent on the serial line: the same delta,
+    # rebuilt on the device and verified there.
+    leg = record["serial"]
+    assert leg["device"] == SERIAL_DEVICE
+    assert leg["sent"] == record["deltaSize"]
+    assert 0 < leg["wireBytes"] < record["imageSize"] / 5
+    assert leg["verifiedSha256"] == leg["slotSha256"] == sha256(v2)
+    assert leg["bootSlot"] == "B"
+    assert leg["deviceVersion"] == "2.0.0"
     assert record["kept"] is None
     path = record["target"].partition(":")[2].partition("?")[0]
     assert not Path(path).exists()  # the temporary work directory is gone
@@ -132,8 +151,18 @@ def test_keep_leaves_a_device_running_v2_and_a_server_that_knows_it(tmp_path: Pa
     )
     assert verify.returncode == 0, verify.stderr.decode()
     # The downloaded delta is kept, and the server's data serves again.
-    downloads = [p for p in (keep / "downloads").iterdir() if not p.name.endswith(".part")]
+    downloads = [
+        p
+        for p in (keep / "downloads").iterdir()
+        if not p.name.endswith(".part") and not p.name.startswith(SERIAL_DEVICE)
+    ]
     assert len(downloads) == 1
+    # The serial device's flash holds 2.0.0 in B too, written by its agent.
+    with flash.open_target(f"sim:{keep / 'serial-device.sim'}") as device:
+        state = device.info().slots
+        assert state is not None
+        assert state.active == 1
+        assert device.read(state.slots[1]["offset"], size) == v2
     (steps_line,) = [line for line in text.splitlines() if line.startswith("progress ")]
     steps = [int(word) for word in steps_line.split("(")[0].split()[2:]]
     assert_steps_end_in_one_100(steps)

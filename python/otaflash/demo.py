@@ -14,7 +14,14 @@ device (a SimFlash NOR chip with A/B slots) play both sides:
    slot is read back and verified, then marked for a trial boot; progress
    goes to the server as step codes, 100 exactly once;
 5. the device reboots (the boot hook starts the trial), the new image is
-   checked in flash against 2.0.0, confirmed, and reported to the server.
+   checked in flash against 2.0.0, confirmed, and reported to the server;
+6. a second device, reachable only over a serial line (an emulated
+   921600-baud line between two ptys, 2 ms latency each way), runs
+   ``otaflash agent`` on its own simulated flash: the technician's laptop
+   asks the server on its behalf, downloads the delta and sends it to the
+   agent, which applies it from its active slot into the other, reads it
+   back and verifies it; the reboot confirms it and the laptop reports
+   2.0.0 for it (skipped with ``serial=False``).
 
 Every claim in the result is checked; :func:`run_demo` raises an
 :mod:`otaflash.errors` class at the first one that does not hold.
@@ -22,6 +29,7 @@ Every claim in the result is checked; :func:`run_demo` raises an
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,17 +39,31 @@ from typing import Any
 from otaflash import flash, hashing, targets
 from otaflash.admin import AdminClient
 from otaflash.client import HttpChannel, Offer, OtaClient
-from otaflash.download import DownloadResult
+from otaflash.download import DownloadResult, download
 from otaflash.errors import FlashError, RuleError, VerifyError
 from otaflash.progress import ProgressCallback
+from otaflash.serial import protocol
 from otaflash.server import EmbeddedServer
 from otaflash.sim import firmware
+from otaflash.sim.link import LinkEmulator
 from otaflash.update import run_update
 
-__all__ = ["DEVICE", "PRODUCT", "DemoResult", "device_uri", "run_demo"]
+__all__ = [
+    "DEVICE",
+    "PRODUCT",
+    "SERIAL_DEVICE",
+    "DemoResult",
+    "SerialLeg",
+    "device_uri",
+    "run_demo",
+]
 
 PRODUCT = "demo"
 DEVICE = "SN-DEMO-0001"
+#: The device on a serial line, updated through its agent.
+SERIAL_DEVICE = "SN-DEMO-0002"
+SERIAL_BAUD = 921_600
+SERIAL_LATENCY = 0.002
 ERASE_SIZE = 64 << 10
 OLD_RELEASE, NEW_RELEASE = 1, 2
 
@@ -57,15 +79,49 @@ STAGES = {
     "verify": "verify",
     "report": "report",
     "reboot": "reboot/confirm",
+    "serial": "serial device",
 }
 
 
-def device_uri(directory: Path, image_size: int) -> str:
+def device_uri(directory: Path, image_size: int, name: str = "device.sim") -> str:
     """The simulated device: NOR flash (64 KiB erase blocks), the next power of
     two that holds two slots of ``image_size`` and the state record."""
     slot = -(-image_size // ERASE_SIZE) * ERASE_SIZE
     size = 1 << (2 * slot + 2 * ERASE_SIZE - 1).bit_length()
-    return f"sim:{directory / 'device.sim'}?kind=nor&size={size}&erase={ERASE_SIZE}"
+    return f"sim:{directory / name}?kind=nor&size={size}&erase={ERASE_SIZE}"
+
+
+@dataclass
+class SerialLeg:
+    """The device on the serial line: what went over the line and what it runs."""
+
+    device: str
+    target: str
+    baud: int
+    #: Bytes of the delta sent to the agent, bytes on the wire (frames,
+    #: deflate), and how long the host took from connecting to the agent's
+    #: verified result.
+    sent: int
+    wire_bytes: int
+    seconds: float
+    verified_sha256: str
+    boot_slot: int
+    slot_sha256: str
+    device_version: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "target": self.target,
+            "baud": self.baud,
+            "sent": self.sent,
+            "wireBytes": self.wire_bytes,
+            "seconds": round(self.seconds, 3),
+            "verifiedSha256": self.verified_sha256,
+            "bootSlot": "AB"[self.boot_slot],
+            "slotSha256": self.slot_sha256,
+            "deviceVersion": self.device_version,
+        }
 
 
 @dataclass
@@ -89,6 +145,7 @@ class DemoResult:
     steps: list[int]
     device_version: str
     seconds: dict[str, float] = field(default_factory=dict)
+    serial: SerialLeg | None = None
 
     @property
     def ratio(self) -> float:
@@ -116,6 +173,7 @@ class DemoResult:
             "steps": self.steps,
             "deviceVersion": self.device_version,
             "seconds": {name: round(value, 3) for name, value in self.seconds.items()},
+            "serial": None if self.serial is None else self.serial.to_json(),
         }
 
 
@@ -202,13 +260,15 @@ def run_demo(
     *,
     image_size: int = 1 << 20,
     full: bool = False,
+    serial: bool = True,
     progress: ProgressCallback | None = None,
     on_stage: Callable[[str], object] | None = None,
 ) -> DemoResult:
     """Runs the demo in ``workdir`` (server data, device, firmware, downloads;
     left there). ``full`` makes the device ask for the full image instead of
-    the delta; ``on_stage(text)`` hears what starts next."""
-    return _Run(workdir, image_size, full, progress, on_stage).run()
+    the delta; ``serial`` adds the device on a serial line; ``on_stage(text)``
+    hears what starts next."""
+    return _Run(workdir, image_size, full, serial, progress, on_stage).run()
 
 
 @dataclass
@@ -216,6 +276,7 @@ class _Run:
     workdir: Path
     image_size: int
     full: bool
+    serial: bool
     progress: ProgressCallback | None
     on_stage: Callable[[str], object] | None
     watch: _Stopwatch = field(default_factory=_Stopwatch)
@@ -262,6 +323,14 @@ class _Run:
                 client.close()
             self.watch.lap("reboot")
             device_version = server.service.store.device_version(PRODUCT, DEVICE, "default")
+            serial_leg = None
+            if self.serial:
+                self.stage(
+                    f"{SERIAL_DEVICE} on a {SERIAL_BAUD}-baud serial line: fetch its delta, "
+                    "send it to the device's agent"
+                )
+                serial_leg = self.serial_update(server, old_image, new_image, new_sha256)
+                self.watch.lap("serial")
 
         demo = DemoResult(
             product=PRODUCT,
@@ -281,10 +350,59 @@ class _Run:
             steps=list(result.steps),
             device_version=device_version or "",
             seconds=self.watch.seconds,
+            serial=serial_leg,
         )
         demo.seconds["total"] = time.monotonic() - started
         _check(demo, full=self.full)
         return demo
+
+    def serial_update(
+        self, server: EmbeddedServer, old_image: Path, new_image: Path, new_sha256: str
+    ) -> SerialLeg:
+        """A field technician's laptop updating a device it reaches by cable."""
+        uri = device_uri(self.workdir, self.image_size, "serial-device.sim")
+        _provision(uri, old_image, None)
+        old_version = firmware.version_of(OLD_RELEASE)
+        client = OtaClient(HttpChannel(server.url, PRODUCT, SERIAL_DEVICE), version=old_version)
+        try:
+            client.inform()
+            offer = client.query_update()
+            if offer is None or not offer.is_diff:
+                raise RuleError(f"{SERIAL_DEVICE} was not offered a delta from {old_version}")
+            patch = self.workdir / "downloads" / f"{SERIAL_DEVICE}.patch"
+            patch.parent.mkdir(parents=True, exist_ok=True)
+            with patch.open("wb") as sink:
+                download(offer.url, sink.write, offer.expected(), progress=self.progress)
+            with LinkEmulator(SERIAL_BAUD, latency=SERIAL_LATENCY) as link:
+                agent = _Agent(link.device_port, uri)
+                try:
+                    sent = protocol.send_delta(
+                        link.host_port,
+                        patch,
+                        baud=SERIAL_BAUD,
+                        agent_baud=SERIAL_BAUD,
+                        progress=self.progress,
+                    )
+                finally:
+                    agent.stop()
+            client.report_progress(100, "verified by the agent's read-back")
+            boot_slot, slot_sha256 = _reboot(uri, new_image, new_sha256)
+            client.inform(offer.version)
+        finally:
+            client.close()
+        version = server.service.store.device_version(PRODUCT, SERIAL_DEVICE, "default")
+        return SerialLeg(
+            device=SERIAL_DEVICE,
+            target=uri,
+            baud=SERIAL_BAUD,
+            sent=int(sent.details["stream_size"]),
+            wire_bytes=int(sent.details["wire_bytes"]),
+            seconds=sent.seconds,
+            verified_sha256=sent.sha256 or "",
+            boot_slot=boot_slot,
+            slot_sha256=slot_sha256,
+            device_version=version or "",
+        )
 
     def make_firmware(self) -> tuple[Path, Path]:
         series = firmware.FirmwareSeries(self.image_size)
@@ -346,6 +464,29 @@ class _Updated:
     download: DownloadResult
     verified_sha256: str | None
     steps: list[int]
+
+
+class _Agent:
+    """``otaflash agent`` for one transfer, on a thread (the device's side)."""
+
+    def __init__(self, port: str, target: str) -> None:
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+
+        def serve() -> None:
+            try:
+                protocol.serve_agent(port, target, baud=SERIAL_BAUD, once=True, stop=self._stop)
+            except BaseException as error:  # handed to the main thread
+                self.error = error
+
+        self._thread = threading.Thread(target=serve, name="otaflash-agent", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        if self.error is not None:
+            raise self.error
 
 
 def _provision(uri: str, image: Path, progress: ProgressCallback | None) -> None:
@@ -418,3 +559,17 @@ def _check(demo: DemoResult, *, full: bool) -> None:
             f"the server has the device at {demo.device_version or 'no version'}, "
             f"not {demo.to_version}"
         )
+    leg = demo.serial
+    if leg is not None:
+        if leg.verified_sha256 != demo.image_sha256 or leg.slot_sha256 != demo.image_sha256:
+            raise VerifyError(
+                f"{leg.device}: the agent verified {leg.verified_sha256} and its slot reads back "
+                f"{leg.slot_sha256}, not 2.0.0's {demo.image_sha256}",
+                leg.target,
+                demo.image_sha256,
+                leg.slot_sha256,
+            )
+        if leg.sent != demo.delta_size:
+            raise RuleError(f"{leg.device}: {leg.sent} bytes went over the line, not the delta")
+        if leg.device_version != demo.to_version:
+            raise RuleError(f"the server has {leg.device} at {leg.device_version or 'no version'}")

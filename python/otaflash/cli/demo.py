@@ -50,6 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="update with the full image instead of the delta (to compare)",
     )
     parser.add_argument(
+        "--no-serial",
+        action="store_true",
+        help="leave out the second device, the one updated through its agent on a serial line",
+    )
+    parser.add_argument(
         "--quiet", "-q", action="store_true", help="no progress bars; print the last line only"
     )
 
@@ -73,6 +78,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
         options = {
             "image_size": size,
             "full": args.full,
+            "serial": not args.no_serial,
             "progress": bars,
             "on_stage": (lambda text: out.message(f"demo: {text}")) if bars else None,
         }
@@ -91,6 +97,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
         f"ok: {result.device} updated {result.from_version} -> {result.to_version} with {how}: "
         f"{result.transferred:,} bytes sent, {result.ratio:.1%} of the full image"
     )
+    if result.serial is not None:
+        last += f"; {result.serial.device} too, through its agent on a serial line"
     out.result(last if args.quiet else "\n".join([*_summary(result, args.keep), last]), record)
     return 0
 
@@ -134,6 +142,18 @@ def _summary(r: DemoResult, keep: str | None) -> list[str]:
         f"(sha256 matches), confirmed; the server has the device at {r.device_version}",
         f"time           {seconds['total']:.2f} s: {split}",
     ]
+    if r.serial is not None:
+        leg = r.serial
+        line_seconds = r.image_size * 10 / leg.baud
+        lines[-1:-1] = [
+            f"serial device  {leg.device}: {leg.target.partition('?')[0]} behind an emulated "
+            f"{leg.baud:,}-baud line (ptys, 2 ms latency), running `otaflash agent`",
+            f"serial update  the laptop fetched its {leg.sent:,}-byte delta and sent it in "
+            f"{leg.seconds:.2f} s (the full image needs {line_seconds:.1f} s of line time); "
+            f"the agent applied it from slot {'AB'[1 - leg.boot_slot]} into "
+            f"{'AB'[leg.boot_slot]}, read back and verified; rebooted, confirmed, server has "
+            f"it at {leg.device_version}",
+        ]
     if keep is not None:
         lines.append(
             f"kept           {keep}: server/ (otaflash serve --data-dir), device.sim, "
