@@ -324,6 +324,32 @@ pub fn single_booted(flash: &mut SimFlash) -> Result<[u8; 32]> {
     Ok(digest)
 }
 
+/// An A/B device's boot hook, run until nothing is pending: `resume` redoes
+/// an interrupted install of `new`, a trial boots and is confirmed, an
+/// unconfirmed trial rolls back.
+pub fn ab_hook(
+    flash: &mut SimFlash,
+    new: ImageInfo,
+    mut resume: impl FnMut(&mut SimFlash) -> Result<()>,
+) -> Result<()> {
+    loop {
+        let action = AbLayout::open(&mut *flash)?.state().next_action();
+        match action {
+            NextAction::Boot { .. } => return Ok(()),
+            NextAction::ResumeInstall { image, .. } if image == new => resume(flash)?,
+            NextAction::BootTrial { .. } => {
+                let mut layout = AbLayout::open(&mut *flash)?;
+                layout.boot()?;
+                layout.confirm()?;
+            }
+            NextAction::RollBack { .. } => {
+                AbLayout::open(&mut *flash)?.boot()?;
+            }
+            other => return Err(Error::Slot(format!("unexpected state {other:?}"))),
+        }
+    }
+}
+
 /// Runs the campaign for `driver` on a blank device and prints its summary.
 pub fn campaign(driver: &dyn UpdateDriver, (geometry, options): (Geometry, SimOptions)) {
     let mut flash = SimFlash::new(geometry, options).unwrap();

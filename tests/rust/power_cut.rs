@@ -9,8 +9,8 @@
 mod campaign;
 
 use campaign::{
-    CampaignConfig, UpdateDriver, ab_booted, campaign, info, nand, nor, run_campaign, sha256,
-    single_booted,
+    CampaignConfig, UpdateDriver, ab_booted, ab_hook, campaign, info, nand, nor, run_campaign,
+    sha256, single_booted,
 };
 use otaflash_core::flash::{
     AbLayout, BlockDevice, NextAction, RegionReader, SharedDevice, SimFlash, SimOptions,
@@ -265,24 +265,7 @@ impl AbStreaming {
     }
 
     fn hook(&self, flash: &mut SimFlash) -> Result<()> {
-        loop {
-            let action = AbLayout::open(&mut *flash)?.state().next_action();
-            match action {
-                NextAction::Boot { .. } => return Ok(()),
-                NextAction::ResumeInstall { image, .. } if image == info(&self.new) => {
-                    self.apply(flash)?;
-                }
-                NextAction::BootTrial { .. } => {
-                    let mut layout = AbLayout::open(&mut *flash)?;
-                    layout.boot()?;
-                    layout.confirm()?;
-                }
-                NextAction::RollBack { .. } => {
-                    AbLayout::open(&mut *flash)?.boot()?;
-                }
-                other => return Err(Error::Slot(format!("unexpected state {other:?}"))),
-            }
-        }
+        ab_hook(flash, info(&self.new), |flash| self.apply(flash))
     }
 }
 

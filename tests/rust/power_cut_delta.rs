@@ -10,7 +10,9 @@
 #[allow(dead_code)]
 mod campaign;
 
-use campaign::{UpdateDriver, ab_booted, campaign, info, nand, nor, sha256, single_booted};
+use campaign::{
+    UpdateDriver, ab_booted, ab_hook, campaign, info, nand, nor, sha256, single_booted,
+};
 use otaflash_core::flash::{
     AbLayout, NextAction, RegionReader, SharedDevice, SimFlash, SingleSlot, WriteOptions,
 };
@@ -98,24 +100,7 @@ impl AbDelta {
     }
 
     fn hook(&self, flash: &mut SimFlash) -> Result<()> {
-        loop {
-            let action = AbLayout::open(&mut *flash)?.state().next_action();
-            match action {
-                NextAction::Boot { .. } => return Ok(()),
-                NextAction::ResumeInstall { image, .. } if image == info(&self.new) => {
-                    self.apply(flash)?;
-                }
-                NextAction::BootTrial { .. } => {
-                    let mut layout = AbLayout::open(&mut *flash)?;
-                    layout.boot()?;
-                    layout.confirm()?;
-                }
-                NextAction::RollBack { .. } => {
-                    AbLayout::open(&mut *flash)?.boot()?;
-                }
-                other => return Err(Error::Slot(format!("unexpected state {other:?}"))),
-            }
-        }
+        ab_hook(flash, info(&self.new), |flash| self.apply(flash))
     }
 }
 
