@@ -325,11 +325,12 @@ pub fn single_booted(flash: &mut SimFlash) -> Result<[u8; 32]> {
 }
 
 /// An A/B device's boot hook, run until nothing is pending: `resume` redoes
-/// an interrupted install of `new`, a trial boots and is confirmed, an
-/// unconfirmed trial rolls back.
+/// an interrupted install of `new`, a trial boots (and, with `confirm`, is
+/// confirmed), an unconfirmed trial rolls back.
 pub fn ab_hook(
     flash: &mut SimFlash,
     new: ImageInfo,
+    confirm: bool,
     mut resume: impl FnMut(&mut SimFlash) -> Result<()>,
 ) -> Result<()> {
     loop {
@@ -340,7 +341,9 @@ pub fn ab_hook(
             NextAction::BootTrial { .. } => {
                 let mut layout = AbLayout::open(&mut *flash)?;
                 layout.boot()?;
-                layout.confirm()?;
+                if confirm {
+                    layout.confirm()?;
+                }
             }
             NextAction::RollBack { .. } => {
                 AbLayout::open(&mut *flash)?.boot()?;

@@ -70,25 +70,10 @@ impl AbFull {
     }
 
     /// The boot hook, run until nothing is pending.
-    fn hook(&self, layout: &mut AbLayout<&mut SimFlash>) -> Result<()> {
-        loop {
-            match layout.state().next_action() {
-                NextAction::Boot { .. } => return Ok(()),
-                NextAction::ResumeInstall { image, .. } if image == info(&self.new) => {
-                    self.install(layout, &self.new)?;
-                }
-                NextAction::BootTrial { .. } => {
-                    layout.boot()?;
-                    if !self.rollback {
-                        layout.confirm()?;
-                    }
-                }
-                NextAction::RollBack { .. } => {
-                    layout.boot()?;
-                }
-                other => return Err(Error::Slot(format!("unexpected state {other:?}"))),
-            }
-        }
+    fn hook(&self, flash: &mut SimFlash) -> Result<()> {
+        ab_hook(flash, info(&self.new), !self.rollback, |flash| {
+            self.install(&mut AbLayout::open(flash)?, &self.new)
+        })
     }
 }
 
@@ -106,14 +91,12 @@ impl UpdateDriver for AbFull {
     }
 
     fn update(&self, flash: &mut SimFlash) -> Result<()> {
-        let mut layout = AbLayout::open(flash)?;
-        self.install(&mut layout, &self.new)?;
-        self.hook(&mut layout)
+        self.install(&mut AbLayout::open(&mut *flash)?, &self.new)?;
+        self.hook(flash)
     }
 
     fn recover(&self, flash: &mut SimFlash) -> Result<()> {
-        let mut layout = AbLayout::open(flash)?;
-        self.hook(&mut layout)
+        self.hook(flash)
     }
 
     fn booted(&self, flash: &mut SimFlash) -> Result<[u8; 32]> {
@@ -158,23 +141,10 @@ impl AbCheckpointed {
         Ok(())
     }
 
-    fn hook(&self, layout: &mut AbLayout<&mut SimFlash>) -> Result<()> {
-        loop {
-            match layout.state().next_action() {
-                NextAction::Boot { .. } => return Ok(()),
-                NextAction::ResumeInstall { image, .. } if image == info(&self.new) => {
-                    self.install_from(layout)?;
-                }
-                NextAction::BootTrial { .. } => {
-                    layout.boot()?;
-                    layout.confirm()?;
-                }
-                NextAction::RollBack { .. } => {
-                    layout.boot()?;
-                }
-                other => return Err(Error::Slot(format!("unexpected state {other:?}"))),
-            }
-        }
+    fn hook(&self, flash: &mut SimFlash) -> Result<()> {
+        ab_hook(flash, info(&self.new), true, |flash| {
+            self.install_from(&mut AbLayout::open(flash)?)
+        })
     }
 }
 
@@ -193,14 +163,12 @@ impl UpdateDriver for AbCheckpointed {
     }
 
     fn update(&self, flash: &mut SimFlash) -> Result<()> {
-        let mut layout = AbLayout::open(flash)?;
-        self.install_from(&mut layout)?;
-        self.hook(&mut layout)
+        self.install_from(&mut AbLayout::open(&mut *flash)?)?;
+        self.hook(flash)
     }
 
     fn recover(&self, flash: &mut SimFlash) -> Result<()> {
-        let mut layout = AbLayout::open(flash)?;
-        self.hook(&mut layout)
+        self.hook(flash)
     }
 
     fn booted(&self, flash: &mut SimFlash) -> Result<[u8; 32]> {
@@ -265,7 +233,7 @@ impl AbStreaming {
     }
 
     fn hook(&self, flash: &mut SimFlash) -> Result<()> {
-        ab_hook(flash, info(&self.new), |flash| self.apply(flash))
+        ab_hook(flash, info(&self.new), true, |flash| self.apply(flash))
     }
 }
 

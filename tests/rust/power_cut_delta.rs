@@ -100,7 +100,7 @@ impl AbDelta {
     }
 
     fn hook(&self, flash: &mut SimFlash) -> Result<()> {
-        ab_hook(flash, info(&self.new), |flash| self.apply(flash))
+        ab_hook(flash, info(&self.new), true, |flash| self.apply(flash))
     }
 }
 
