@@ -1,6 +1,6 @@
 //! Structure-aware: builds a patch whose header, frame headers and checksums
 //! are valid, around fuzzer-chosen frame geometry and payload bytes, so the
-//! block/record decoder and zstd path get the fuzzer's full attention (a
+//! block/record/sparse-run decoder and the zstd and LZMA2 paths get the fuzzer's full attention (a
 //! plain byte fuzzer stops at the header CRC).
 #![no_main]
 
@@ -32,7 +32,12 @@ fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
     let old: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
     let flags = input.u8();
-    let compression = if flags & 1 == 0 { Compression::None } else { Compression::Zstd };
+    let layout = input.u8();
+    let compression = match (flags & 1, layout & 2) {
+        (0, _) => Compression::None,
+        (_, 0) => Compression::Zstd,
+        _ => Compression::Lzma2,
+    };
     let block_size = 512u32 << ((flags >> 1) & 3);
     let new_size = u64::from(input.u16() % 8192);
     let per_frame = u64::from(block_size) * u64::from(1 + (flags >> 3 & 3));
@@ -45,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
         let payload = input.bytes(len).to_vec();
         let raw_len = match compression {
             Compression::None => payload.len() as u32,
-            Compression::Zstd => u32::from(input.u16()),
+            Compression::Zstd | Compression::Lzma2 => u32::from(input.u16()),
         };
         let fh = FrameHeader {
             out_len: out_len as u32,
@@ -73,6 +78,7 @@ fuzz_target!(|data: &[u8]| {
         body_sha256: Sha256::digest(&body).into(),
         shift: 0,
         slot_size: 0,
+        sparse_diffs: layout & 1 != 0,
     };
     let mut patch = header.encode().to_vec();
     patch.extend_from_slice(&body);

@@ -93,7 +93,7 @@ def diff(
     new: Buffer,
     *,
     kind: str = "sequential",
-    level: int = 19,
+    level: int | None = None,
     window_log: int = 21,
     block_size: int | None = None,
     frame_size: int | None = None,

@@ -149,7 +149,7 @@ def diff_bytes(
     new: Buffer,
     *,
     kind: str = "sequential",
-    level: int = 19,
+    level: int | None = None,
     window_log: int = 21,
     block_size: int | None = None,
     frame_size: int | None = None,
@@ -164,6 +164,9 @@ def diff_bytes(
     ``in-place`` (it overwrites the old one in a single slot of ``slot_size``
     bytes with ``block_size`` erase blocks). ``window_log`` and ``block_size``
     set the applier's working memory (about ``2**window_log + block_size``).
+    ``compression`` is ``zstd`` (fast to apply), ``lzma2`` (the smallest
+    patches, for slow or metered links; applies several times slower) or
+    ``none``; ``level`` defaults to the codec's strongest (zstd 19, xz 9).
     ``progress("patch", done, total)`` is called while it works; Ctrl-C stops it.
     """
     return _core.diff(

@@ -73,9 +73,33 @@ fn round_trip_in_any_chunking() {
             compression: Compression::None,
             ..small_opts()
         },
+        DiffOptions {
+            sparse_diffs: Some(true),
+            ..small_opts()
+        },
+        DiffOptions {
+            sparse_diffs: Some(false),
+            ..small_opts()
+        },
+        DiffOptions {
+            compression: Compression::Lzma2,
+            level: 9,
+            ..small_opts()
+        },
+        DiffOptions {
+            compression: Compression::Lzma2,
+            level: 6,
+            sparse_diffs: Some(true),
+            ..DiffOptions::default()
+        },
     ] {
         let patch = diff(&old, &new, &opts).unwrap();
-        if opts.compression == Compression::Zstd {
+        let header = Header::decode(&patch).unwrap();
+        assert_eq!(header.compression, opts.compression);
+        if let Some(sparse) = opts.sparse_diffs {
+            assert_eq!(header.sparse_diffs, sparse);
+        }
+        if opts.compression != Compression::None {
             assert!(patch.len() < new.len() / 10, "patch {} bytes", patch.len());
         }
         for chunk in [1, 7, 100, 4096, 65_537, patch.len()] {
@@ -131,33 +155,60 @@ fn wrong_old_image_is_refused_before_anything_is_written() {
     );
 }
 
+/// One option set per body encoding: zstd, LZMA2, each with sparse differences.
+fn encodings() -> [DiffOptions; 3] {
+    [
+        small_opts(),
+        DiffOptions {
+            sparse_diffs: Some(true),
+            ..small_opts()
+        },
+        DiffOptions {
+            compression: Compression::Lzma2,
+            level: 9,
+            sparse_diffs: Some(true),
+            ..small_opts()
+        },
+    ]
+}
+
 #[test]
 fn every_truncation_is_an_error() {
     let (old, new) = pair(20_000, 3);
-    let patch = diff(&old, &new, &small_opts()).unwrap();
+    for opts in encodings() {
+        every_truncation_is_an_error_for(&old, &new, &opts);
+    }
+}
+
+fn every_truncation_is_an_error_for(old: &[u8], new: &[u8], opts: &DiffOptions) {
+    let patch = diff(old, new, opts).unwrap();
     for len in 0..patch.len() {
-        let err = apply_chunked(&old, &patch[..len], 1000).unwrap_err();
+        let err = apply_chunked(old, &patch[..len], 1000).unwrap_err();
         assert!(
             matches!(err, Error::PatchCorrupt(_) | Error::PatchForeign(_)),
-            "length {len}: {err}"
+            "{:?} length {len}: {err}",
+            opts.compression
         );
     }
     let mut longer = patch.clone();
     longer.push(0);
-    assert!(apply_chunked(&old, &longer, 1000).is_err());
+    assert!(apply_chunked(old, &longer, 1000).is_err());
 }
 
 #[test]
 fn every_single_bit_flip_is_an_error() {
     let (old, new) = pair(12_000, 4);
-    let patch = diff(&old, &new, &small_opts()).unwrap();
-    for bit in 0..patch.len() * 8 {
-        let mut bad = patch.clone();
-        bad[bit / 8] ^= 1 << (bit % 8);
-        assert!(
-            apply_chunked(&old, &bad, 512).is_err(),
-            "flip of bit {bit} went unnoticed"
-        );
+    for opts in encodings() {
+        let patch = diff(&old, &new, &opts).unwrap();
+        for bit in 0..patch.len() * 8 {
+            let mut bad = patch.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                apply_chunked(&old, &bad, 512).is_err(),
+                "{:?}: flip of bit {bit} went unnoticed",
+                opts.compression
+            );
+        }
     }
 }
 

@@ -4,7 +4,8 @@ The patch carries the size and SHA-256 of both images, so `otaflash patch`
 refuses the wrong old image before writing and verifies what it made.
 Sequential patches (the default) write the new image elsewhere (A/B slot,
 file); --in-place patches overwrite the old image inside one flash slot,
-resumable after a power cut. The applier's working memory is about
+resumable after a power cut. --compression lzma2 trades apply speed for the
+smallest patch (worth it on a serial line or a metered link). The applier's working memory is about
 2**window-log + block-size bytes (default ~2.7 MiB; `patch-info` shows it).
 """
 
@@ -23,7 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("old", metavar="OLD", help="the image the device runs now")
     parser.add_argument("new", metavar="NEW", help="the image it should run")
     parser.add_argument("-o", "--output", required=True, metavar="PATCH", help="patch file")
-    parser.add_argument("--level", type=int, default=19, help="zstd level 1-22 (default 19)")
+    parser.add_argument(
+        "--compression",
+        choices=("zstd", "lzma2"),
+        default="zstd",
+        help="zstd applies fastest (default); lzma2 makes the smallest patches"
+        " (for slow or metered links), applied several times slower",
+    )
+    parser.add_argument(
+        "--level",
+        type=int,
+        default=None,
+        help="zstd 1-22 (default 19) or lzma2 preset 0-9 (default 9)",
+    )
     parser.add_argument(
         "--window-log",
         type=int,
@@ -48,6 +61,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             args.new,
             args.output,
             kind="in-place" if args.in_place else "sequential",
+            compression=args.compression,
             level=args.level,
             window_log=args.window_log,
             block_size=args.block_size,

@@ -1,7 +1,7 @@
 //! A minimal whole-process front end, so benchmarks time the Rust engine the
 //! way they time the peers' programs (no Python start-up):
 //!
-//!     otaflash-delta diff OLD NEW PATCH [--level N] [--window-log N] [--block-size N] [--threads N]
+//!     otaflash-delta diff OLD NEW PATCH [--compression zstd|lzma2] [--level N] [--window-log N] [--block-size N] [--threads N]
 //!     otaflash-delta apply OLD PATCH OUT [--stats]
 //!
 //! `--stats` prints one JSON line on stderr: the in-process apply time (from
@@ -13,6 +13,7 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use otaflash_core::io::{FileSource, ImageSink};
+use otaflash_core::patch::format::Compression;
 use otaflash_core::patch::{Applier, ApplyOptions};
 use otaflash_core::{Error, Result};
 use otaflash_diff::{DiffOptions, diff};
@@ -52,7 +53,19 @@ fn run(args: &[String]) -> Result<()> {
         Some("diff") if args.len() >= 4 => {
             let old = std::fs::read(&args[1]).map_err(|e| Error::io("read", &args[1], e))?;
             let new = std::fs::read(&args[2]).map_err(|e| Error::io("read", &args[2], e))?;
-            let mut opts = DiffOptions::default();
+            let compression = match args.iter().position(|a| a == "--compression") {
+                None => Compression::Zstd,
+                Some(i) => match args.get(i + 1).map(String::as_str) {
+                    Some("zstd") => Compression::Zstd,
+                    Some("lzma2") => Compression::Lzma2,
+                    _ => {
+                        return Err(Error::InvalidArgument(
+                            "--compression takes zstd or lzma2".into(),
+                        ));
+                    }
+                },
+            };
+            let mut opts = DiffOptions::with_compression(compression);
             if let Some(v) = number(args, "--level")? {
                 opts.level = v as i32;
             }

@@ -105,7 +105,7 @@ fn options(max_working_set: usize, read_cache: usize) -> ApplyOptions {
 
 /// Makes a patch turning `old` into `new` (GIL released).
 #[pyfunction]
-#[pyo3(signature = (old, new, *, kind = "sequential", level = 19, window_log = 21,
+#[pyo3(signature = (old, new, *, kind = "sequential", level = None, window_log = 21,
     block_size = None, frame_size = None, slot_size = None, threads = 0,
     compression = "zstd", progress = None))]
 #[allow(clippy::too_many_arguments)]
@@ -114,7 +114,7 @@ pub fn diff<'py>(
     old: &Bound<'py, PyAny>,
     new: &Bound<'py, PyAny>,
     kind: &str,
-    level: i32,
+    level: Option<i32>,
     window_log: u8,
     block_size: Option<u32>,
     frame_size: Option<u64>,
@@ -133,7 +133,6 @@ pub fn diff<'py>(
             .into());
         }
     };
-    opts.level = level;
     opts.window_log = window_log;
     opts.threads = threads;
     if let Some(b) = block_size {
@@ -144,14 +143,16 @@ pub fn diff<'py>(
     }
     opts.compression = match compression {
         "zstd" => Compression::Zstd,
+        "lzma2" => Compression::Lzma2,
         "none" => Compression::None,
         other => {
             return Err(Error::InvalidArgument(format!(
-                "unknown compression {other:?}; choose zstd or none"
+                "unknown compression {other:?}; choose zstd, lzma2 or none"
             ))
             .into());
         }
     };
+    opts.level = level.unwrap_or_else(|| otaflash_diff::default_level(opts.compression));
     let old = ByteView::new(old)?;
     let new = ByteView::new(new)?;
     let (old, new) = (old.as_bytes(), new.as_bytes());

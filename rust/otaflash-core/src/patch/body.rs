@@ -3,6 +3,7 @@
 //! its record table, a small staging buffer, the old-image read cache and the
 //! zstd window.
 
+use liblzma::stream::{Action, Filters, LzmaOptions, Status, Stream};
 use zstd::zstd_safe::{self, DCtx, DParameter, InBuffer, OutBuffer, ResetDirective};
 
 use super::format::{
@@ -15,6 +16,9 @@ use crate::{Error, Result};
 const STAGING: usize = 64 << 10;
 /// zstd's fixed decoder state (entropy tables, block buffers) above its window.
 const ZSTD_FIXED: usize = 480 << 10;
+/// The LZMA2 decoder's probability tables and state above its dictionary
+/// (lc + lp ≤ 4 in LZMA2: at most 48 KiB of tables).
+const LZMA2_FIXED: usize = 64 << 10;
 
 fn corrupt(what: impl Into<String>) -> Error {
     Error::PatchCorrupt(what.into())
@@ -24,11 +28,15 @@ fn corrupt(what: impl Into<String>) -> Error {
 /// `read_cache` bytes.
 pub fn working_set(header: &Header, read_cache: usize) -> usize {
     let block = header.block_size as usize;
-    let records = (block / RECORD_DENSITY as usize + 1)
-        * (std::mem::size_of::<Span>() + std::mem::size_of::<(u64, u32, u32)>());
+    let mut entry = std::mem::size_of::<Span>() + std::mem::size_of::<(u64, u32, u32)>();
+    if header.sparse_diffs {
+        entry += std::mem::size_of::<(u32, u32)>();
+    }
+    let records = (block / RECORD_DENSITY as usize + 1) * entry;
     let codec = match header.compression {
         Compression::None => 0,
         Compression::Zstd => (1usize << header.window_log) + ZSTD_FIXED,
+        Compression::Lzma2 => (1usize << header.window_log) + LZMA2_FIXED,
     };
     block + records + STAGING + read_cache + codec
 }
@@ -160,9 +168,31 @@ struct Span {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Count,
-    Records { left: u64 },
-    Diff { span: usize, done: u32 },
-    Extra { span: usize, done: u32 },
+    Records {
+        left: u64,
+    },
+    /// Sparse patches: the block's difference encoding (0: all bytes follow;
+    /// n: n - 1 runs of non-zero bytes).
+    DiffMode,
+    /// Sparse: reading the runs; `end` is where the last one ended.
+    Runs {
+        left: u64,
+        end: u64,
+        copied: u64,
+    },
+    /// Sparse: adding the non-zero bytes of run `run`.
+    Sparse {
+        run: usize,
+        done: u32,
+    },
+    Diff {
+        span: usize,
+        done: u32,
+    },
+    Extra {
+        span: usize,
+        done: u32,
+    },
 }
 
 /// Where the decoder stands, so a checkpoint can restart at a frame boundary.
@@ -189,9 +219,89 @@ struct Frame {
 /// Receives each finished output block with its offset in the new image.
 pub(crate) type Emit<'a> = dyn FnMut(u64, &[u8]) -> Result<()> + 'a;
 
+/// A frame payload's decompressor; each frame is one complete stream.
+enum Codec {
+    Raw,
+    Zstd(Box<DCtx<'static>>),
+    Lzma2 { stream: Box<Stream>, window_log: u8 },
+}
+
+impl Codec {
+    fn new(header: &Header) -> Result<Self> {
+        Ok(match header.compression {
+            Compression::None => Self::Raw,
+            Compression::Zstd => {
+                let mut dctx = DCtx::try_create()
+                    .ok_or_else(|| Error::PatchUnsupported("zstd could not allocate".into()))?;
+                dctx.set_parameter(DParameter::WindowLogMax(u32::from(header.window_log)))
+                    .map_err(zstd_error)?;
+                Self::Zstd(Box::new(dctx))
+            }
+            Compression::Lzma2 => Self::Lzma2 {
+                stream: Box::new(lzma2_decoder(header.window_log)?),
+                window_log: header.window_log,
+            },
+        })
+    }
+
+    /// Ready for a new frame.
+    fn reset(&mut self) -> Result<()> {
+        match self {
+            Self::Raw => Ok(()),
+            Self::Zstd(dctx) => dctx
+                .reset(ResetDirective::SessionOnly)
+                .map(|_| ())
+                .map_err(zstd_error),
+            Self::Lzma2 { stream, window_log } => {
+                **stream = lzma2_decoder(*window_log)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Decodes from `input` into `out`: (input bytes used, bytes made, the
+    /// stream ended).
+    fn run(&mut self, input: &[u8], out: &mut [u8]) -> Result<(usize, usize, bool)> {
+        match self {
+            Self::Raw => Err(corrupt("no decoder")),
+            Self::Zstd(dctx) => {
+                let mut inb = InBuffer::around(input);
+                let mut outb = OutBuffer::around(out);
+                let hint = dctx
+                    .decompress_stream(&mut outb, &mut inb)
+                    .map_err(zstd_error)?;
+                Ok((inb.pos(), outb.pos(), hint == 0))
+            }
+            Self::Lzma2 { stream, .. } => {
+                let (in0, out0) = (stream.total_in(), stream.total_out());
+                let status = stream
+                    .process(input, out, Action::Run)
+                    .map_err(|e| corrupt(format!("its LZMA2 data does not decode ({e})")))?;
+                Ok((
+                    (stream.total_in() - in0) as usize,
+                    (stream.total_out() - out0) as usize,
+                    status == Status::StreamEnd,
+                ))
+            }
+        }
+    }
+}
+
+/// A raw LZMA2 decoder whose dictionary is at most 2^`window_log` bytes.
+fn lzma2_decoder(window_log: u8) -> Result<Stream> {
+    let unsupported = |e: liblzma::stream::Error| {
+        Error::PatchUnsupported(format!("LZMA2 decoder could not start ({e})"))
+    };
+    let mut opts = LzmaOptions::new_preset(0).map_err(unsupported)?;
+    opts.dict_size(1 << window_log);
+    let mut filters = Filters::new();
+    filters.lzma2(&opts);
+    Stream::new_raw_decoder(&filters).map_err(unsupported)
+}
+
 pub(crate) struct BodyDecoder {
     header: Header,
-    dctx: Option<DCtx<'static>>,
+    codec: Codec,
     staging: Vec<u8>,
     st_start: usize,
     st_end: usize,
@@ -201,6 +311,11 @@ pub(crate) struct BodyDecoder {
     block_len: usize,
     spans: Vec<Span>,
     copies: Vec<(u64, u32, u32)>,
+    /// Sparse: the block's runs of non-zero differences, (start, length)
+    /// counted in the concatenation of its copies.
+    runs: Vec<(u32, u32)>,
+    /// Sparse: the span holding the next difference and where it starts.
+    cursor: (usize, u64),
     phase: Phase,
     filled: usize,
     old_pos: u64,
@@ -222,20 +337,11 @@ impl std::fmt::Debug for BodyDecoder {
 impl BodyDecoder {
     /// A decoder starting at `pos`, which must be a frame boundary.
     pub(crate) fn new(header: &Header, read_cache: usize, pos: Position) -> Result<Self> {
-        let dctx = match header.compression {
-            Compression::None => None,
-            Compression::Zstd => {
-                let mut dctx = DCtx::try_create()
-                    .ok_or_else(|| Error::PatchUnsupported("zstd could not allocate".into()))?;
-                dctx.set_parameter(DParameter::WindowLogMax(u32::from(header.window_log)))
-                    .map_err(zstd_error)?;
-                Some(dctx)
-            }
-        };
+        let codec = Codec::new(header)?;
         let block = header.block_size as usize;
         Ok(Self {
             header: header.clone(),
-            dctx,
+            codec,
             staging: vec![0; STAGING],
             st_start: 0,
             st_end: 0,
@@ -245,6 +351,12 @@ impl BodyDecoder {
             block_len: 0,
             spans: Vec::with_capacity(block / RECORD_DENSITY as usize + 1),
             copies: Vec::with_capacity(block / RECORD_DENSITY as usize + 1),
+            runs: Vec::with_capacity(if header.sparse_diffs {
+                block / RECORD_DENSITY as usize + 1
+            } else {
+                0
+            }),
+            cursor: (0, 0),
             phase: Phase::Count,
             filled: 0,
             old_pos: 0,
@@ -339,10 +451,7 @@ impl BodyDecoder {
             )));
         }
         self.frame_head.clear();
-        if let Some(dctx) = self.dctx.as_mut() {
-            dctx.reset(ResetDirective::SessionOnly)
-                .map_err(zstd_error)?;
-        }
+        self.codec.reset()?;
         self.st_start = 0;
         self.st_end = 0;
         self.old_pos = fh.old_pos;
@@ -390,12 +499,12 @@ impl BodyDecoder {
                     self.parse(old, emit)?;
                 }
             }
-            Compression::Zstd => {
-                let mut input = InBuffer::around(piece);
+            Compression::Zstd | Compression::Lzma2 => {
+                let mut input = piece;
                 loop {
                     let made = self.inflate(&mut input)?;
                     self.parse(old, emit)?;
-                    if input.pos() >= piece.len() && made == 0 {
+                    if input.is_empty() && made == 0 {
                         break;
                     }
                 }
@@ -414,26 +523,26 @@ impl BodyDecoder {
         Ok(())
     }
 
-    /// Runs zstd once into the free end of the staging buffer; returns the
-    /// bytes it produced.
-    fn inflate(&mut self, input: &mut InBuffer<'_>) -> Result<usize> {
+    /// Runs the decompressor once into the free end of the staging buffer,
+    /// advancing `input`; returns the bytes it produced.
+    fn inflate(&mut self, input: &mut &[u8]) -> Result<usize> {
         self.compact();
-        if input.pos() < input.src.len() && self.frame.as_ref().is_some_and(|f| f.codec_done) {
-            return Err(corrupt("a frame has bytes after its zstd stream"));
+        let done = self.frame.as_ref().is_some_and(|f| f.codec_done);
+        if done {
+            if !input.is_empty() {
+                return Err(corrupt("a frame has bytes after its compressed stream"));
+            }
+            return Ok(0);
         }
-        let dctx = self.dctx.as_mut().ok_or_else(|| corrupt("no decoder"))?;
-        let mut out = OutBuffer::around(&mut self.staging[self.st_end..]);
-        let hint = dctx
-            .decompress_stream(&mut out, input)
-            .map_err(zstd_error)?;
-        let made = out.pos();
+        let (used, made, ended) = self.codec.run(input, &mut self.staging[self.st_end..])?;
+        *input = &input[used..];
         self.st_end += made;
-        if hint == 0 {
+        if ended {
             if let Some(frame) = self.frame.as_mut() {
                 frame.codec_done = true;
             }
-            if input.pos() < input.src.len() {
-                return Err(corrupt("a frame has bytes after its zstd stream"));
+            if !input.is_empty() {
+                return Err(corrupt("a frame has bytes after its compressed stream"));
             }
         }
         self.note_raw(made as u64)?;
@@ -455,8 +564,8 @@ impl BodyDecoder {
     fn end_frame(&mut self) -> Result<()> {
         let index = self.pos.frame_index;
         // Drain whatever the decoder still holds.
-        if self.header.compression == Compression::Zstd {
-            let mut empty = InBuffer::around(&[]);
+        if self.header.compression != Compression::None {
+            let mut empty: &[u8] = &[];
             if self.inflate(&mut empty)? > 0 {
                 return Err(corrupt(format!("frame {index} decodes past its data")));
             }
@@ -464,7 +573,7 @@ impl BodyDecoder {
         let frame = self.frame.take().ok_or_else(|| corrupt("no frame"))?;
         if !frame.codec_done {
             return Err(corrupt(format!(
-                "frame {index} ends inside its zstd stream"
+                "frame {index} ends inside its compressed stream"
             )));
         }
         if frame.crc.finalize() != frame.header.payload_crc {
@@ -555,7 +664,11 @@ impl BodyDecoder {
                             &mut self.copies,
                             &mut self.block[..self.block_len],
                         )?;
-                        self.phase = Phase::Diff { span: 0, done: 0 };
+                        self.phase = if self.header.sparse_diffs {
+                            Phase::DiffMode
+                        } else {
+                            Phase::Diff { span: 0, done: 0 }
+                        };
                         continue;
                     }
                     let mark = self.st_start;
@@ -569,6 +682,99 @@ impl BodyDecoder {
                     };
                     self.record(copy, extra, unzigzag(seek))?;
                     self.phase = Phase::Records { left: left - 1 };
+                }
+                Phase::DiffMode => {
+                    let Some(mode) = self.take_varint()? else {
+                        return Ok(());
+                    };
+                    let runs = mode.saturating_sub(1);
+                    let max = (self.block_len / RECORD_DENSITY as usize + 1) as u64;
+                    if runs > max {
+                        return Err(corrupt(format!(
+                            "a block of {} bytes declares {runs} difference runs (at most {max})",
+                            self.block_len
+                        )));
+                    }
+                    self.runs.clear();
+                    self.phase = if mode == 0 {
+                        Phase::Diff { span: 0, done: 0 }
+                    } else {
+                        Phase::Runs {
+                            left: runs,
+                            end: 0,
+                            copied: self.spans.iter().map(|s| u64::from(s.copy)).sum(),
+                        }
+                    };
+                }
+                Phase::Runs { left, end, copied } => {
+                    if left == 0 {
+                        self.cursor = (0, 0);
+                        self.phase = Phase::Sparse { run: 0, done: 0 };
+                        continue;
+                    }
+                    let mark = self.st_start;
+                    let (Some(skip), Some(len)) = (self.take_varint()?, self.take_varint()?) else {
+                        self.st_start = mark;
+                        return Ok(());
+                    };
+                    let start = end.saturating_add(skip);
+                    if len == 0 || start.saturating_add(len) > copied {
+                        return Err(corrupt(format!(
+                            "a difference run of {len} bytes at {start} lies outside the \
+                             {copied} bytes its block copies"
+                        )));
+                    }
+                    self.runs.push((start as u32, len as u32));
+                    self.phase = Phase::Runs {
+                        left: left - 1,
+                        end: start + len,
+                        copied,
+                    };
+                }
+                Phase::Sparse { run, done } => {
+                    let Some(&(start, len)) = self.runs.get(run) else {
+                        self.phase = Phase::Extra { span: 0, done: 0 };
+                        continue;
+                    };
+                    if done == len {
+                        self.phase = Phase::Sparse {
+                            run: run + 1,
+                            done: 0,
+                        };
+                        continue;
+                    }
+                    let avail = self.st_end - self.st_start;
+                    if avail == 0 {
+                        return Ok(());
+                    }
+                    // Runs ascend, so the span cursor only moves forward.
+                    let d = u64::from(start + done);
+                    let (mut span, mut base) = self.cursor;
+                    let s = loop {
+                        let s = self.spans.get(span).copied().ok_or_else(|| {
+                            corrupt("a difference run lies outside its block's copies")
+                        })?;
+                        if d < base + u64::from(s.copy) {
+                            break s;
+                        }
+                        base += u64::from(s.copy);
+                        span += 1;
+                    };
+                    self.cursor = (span, base);
+                    let offset = (d - base) as u32;
+                    let n = avail
+                        .min((len - done) as usize)
+                        .min((s.copy - offset) as usize);
+                    let at = (s.at + offset) as usize;
+                    let src = &self.staging[self.st_start..self.st_start + n];
+                    for (dst, d) in self.block[at..at + n].iter_mut().zip(src) {
+                        *dst = dst.wrapping_add(*d);
+                    }
+                    self.st_start += n;
+                    self.phase = Phase::Sparse {
+                        run,
+                        done: done + n as u32,
+                    };
                 }
                 Phase::Diff { span, done } => {
                     let Some(s) = self.spans.get(span).copied() else {

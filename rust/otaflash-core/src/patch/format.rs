@@ -61,6 +61,9 @@ impl Kind {
 pub enum Compression {
     None,
     Zstd,
+    /// Raw LZMA2 (no xz container): the smallest patches, decoded at about
+    /// a tenth of zstd's speed.
+    Lzma2,
 }
 
 impl Compression {
@@ -68,6 +71,7 @@ impl Compression {
         match self {
             Self::None => 0,
             Self::Zstd => 1,
+            Self::Lzma2 => 2,
         }
     }
 
@@ -75,6 +79,7 @@ impl Compression {
         match code {
             0 => Some(Self::None),
             1 => Some(Self::Zstd),
+            2 => Some(Self::Lzma2),
             _ => None,
         }
     }
@@ -83,6 +88,7 @@ impl Compression {
         match self {
             Self::None => "none",
             Self::Zstd => "zstd",
+            Self::Lzma2 => "lzma2",
         }
     }
 }
@@ -94,7 +100,7 @@ pub struct Header {
     pub compression: Compression,
     /// Output bytes per block (in-place: the flash erase block).
     pub block_size: u32,
-    /// log2 of the largest zstd window the body uses.
+    /// log2 of the largest window (zstd) or dictionary (LZMA2) the body uses.
     pub window_log: u8,
     pub frame_count: u32,
     pub old_size: u64,
@@ -108,7 +114,13 @@ pub struct Header {
     /// multiple of `block_size`), and the slot size the patch was made for.
     pub shift: u64,
     pub slot_size: u64,
+    /// Each block says how its differences are stored: all of them, or only
+    /// the runs of non-zero bytes (section 4 of docs/patch-format.md).
+    pub sparse_diffs: bool,
 }
+
+/// Header flag (byte 17) bit: blocks carry a difference encoding.
+const FLAG_SPARSE_DIFFS: u8 = 1;
 
 fn le_u16(b: &[u8], at: usize) -> u16 {
     let mut a = [0u8; 2];
@@ -147,6 +159,11 @@ impl Header {
         b[11] = self.compression.code();
         b[12..16].copy_from_slice(&self.block_size.to_le_bytes());
         b[16] = self.window_log;
+        b[17] = if self.sparse_diffs {
+            FLAG_SPARSE_DIFFS
+        } else {
+            0
+        };
         b[20..24].copy_from_slice(&self.frame_count.to_le_bytes());
         b[24..32].copy_from_slice(&self.old_size.to_le_bytes());
         b[32..40].copy_from_slice(&self.new_size.to_le_bytes());
@@ -198,7 +215,7 @@ impl Header {
         if !(MIN_WINDOW_LOG..=MAX_WINDOW_LOG).contains(&window_log) {
             return Err(corrupt(format!("window log {window_log} is out of range")));
         }
-        if b[17..20] != [0, 0, 0] || b[152..156] != [0, 0, 0, 0] {
+        if b[17] & !FLAG_SPARSE_DIFFS != 0 || b[18..20] != [0, 0] || b[152..156] != [0, 0, 0, 0] {
             return Err(Error::PatchUnsupported(
                 "reserved header fields are set".into(),
             ));
@@ -229,6 +246,7 @@ impl Header {
             body_sha256: hash32(b, 112),
             shift,
             slot_size,
+            sparse_diffs: b[17] & FLAG_SPARSE_DIFFS != 0,
         };
         header.check_geometry()?;
         Ok(header)
@@ -269,8 +287,15 @@ impl Header {
     pub fn max_raw_len(&self, out_len: u64) -> u64 {
         let blocks = out_len.div_ceil(u64::from(self.block_size)).max(1);
         // Data bytes, plus per block a record count and at most
-        // (block/RECORD_DENSITY + 1) records of three 10-byte varints.
-        out_len + blocks * 10 + (out_len / u64::from(RECORD_DENSITY) + blocks) * 30
+        // (block/RECORD_DENSITY + 1) records of three 10-byte varints; sparse:
+        // a run count and as many runs of two varints.
+        let entries = out_len / u64::from(RECORD_DENSITY) + blocks;
+        let sparse = if self.sparse_diffs {
+            blocks * 10 + entries * 20
+        } else {
+            0
+        };
+        out_len + blocks * 10 + entries * 30 + sparse
     }
 }
 
@@ -420,6 +445,7 @@ mod tests {
             body_sha256: [3; 32],
             shift: 0,
             slot_size: 0,
+            sparse_diffs: false,
         }
     }
 
