@@ -117,6 +117,14 @@ def tools(ours: str, peer_python: str | None, hdz: str | None, py: str) -> list[
             ours=True,
         ),
         Tool(
+            "otaflash (lzma2, 2 MiB dictionary)",
+            lambda o, n, p: [ours, "diff", o, n, p, "--compression", "lzma2"],
+            lambda o, p, out: [ours, "apply", o, p, out, "--stats"],
+            "otl",
+            [ours],
+            ours=True,
+        ),
+        Tool(
             "otaflash via `python -m otaflash patch`",
             None,
             lambda o, p, out: [py, "-m", "otaflash", "patch", o, p, "-o", out],
@@ -321,43 +329,46 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def goals(results: dict[str, Any]) -> str:
-    """The issue's four goals, per pair, from this run."""
+    """The issue's four goals, per pair and per otaflash codec, from this run."""
     lines = [
         "#### Goals (ours / peer, from this run)",
         "",
-        "| pair | size / best peer (best) | apply time / hpatchz zstd | apply time / zstd"
+        "| pair | otaflash | size / best peer (best) | apply time / hpatchz zstd"
+        " | apply time / hpatchz lzma2 | apply time / zstd"
         " | apply MiB (ours, hpatchz) | working set KiB | diff time / bsdiff |",
-        "|---|---|---:|---:|---|---:|---:|",
+        "|---|---|---|---:|---:|---:|---|---:|---:|",
     ]
-    ratios = []
+    ratios: dict[str, list[float]] = {}
     order = [p for p in PAIR_ORDER if p in results] + sorted(set(results) - set(PAIR_ORDER))
     for pair in order:
         rows = [x for x in results[pair]["rows"].values() if "error" not in x and x["identical"]]
-        ours = next((x for x in rows if x.get("ours") and x["create"]), None)
         peers = [x for x in rows if not x.get("ours")]
-        if ours is None or not peers:
+        if not peers:
             continue
         best = min(peers, key=lambda x: x["patch_bytes"])
-        size_ratio = ours["patch_bytes"] / best["patch_bytes"]
-        ratios.append(size_ratio)
-
-        def ratio(name: str, *, ours: dict[str, Any] = ours, rows: list[Any] = rows) -> str:
-            peer = next((x for x in rows if x["tool"].startswith(name)), None)
-            return f"{ours['apply']['wall'] / peer['apply']['wall']:.2f}" if peer else "n/a"
-
         hp = next((x for x in rows if x["tool"].startswith("hdiffz -m-6 -SD -c-zstd")), None)
         bs = next((x for x in rows if x["tool"].startswith("bsdiff")), None)
         hp_mib = hp["apply"]["rss_mib"] if hp else float("nan")
-        diff_ratio = ours["create"]["wall"] / bs["create"]["wall"] if bs else float("nan")
-        lines.append(
-            f"| {pair} | {size_ratio:.3f} ({best['tool']}, {best['patch_bytes']:,} B) | "
-            f"{ratio('hdiffz -m-6 -SD -c-zstd')} | {ratio('zstd -19')} | "
-            f"{ours['apply']['rss_mib']:.1f}, {hp_mib:.1f} | "
-            f"{ours.get('working_set', 0) // 1024} | {diff_ratio:.2f} |"
-        )
-    if ratios:
-        geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-        lines += ["", f"Geometric mean of size / best peer: {geo:.3f}"]
+        for ours in (x for x in rows if x.get("ours") and x["create"]):
+            codec = ours["tool"].split("(")[1].split(",")[0]
+            size_ratio = ours["patch_bytes"] / best["patch_bytes"]
+            ratios.setdefault(codec, []).append(size_ratio)
+
+            def ratio(name: str, *, ours: dict[str, Any] = ours, rows: list[Any] = rows) -> str:
+                peer = next((x for x in rows if x["tool"].startswith(name)), None)
+                return f"{ours['apply']['wall'] / peer['apply']['wall']:.2f}" if peer else "n/a"
+
+            diff_ratio = ours["create"]["wall"] / bs["create"]["wall"] if bs else float("nan")
+            lines.append(
+                f"| {pair} | {codec} | {size_ratio:.3f} ({best['tool']}, "
+                f"{best['patch_bytes']:,} B) | {ratio('hdiffz -m-6 -SD -c-zstd')} | "
+                f"{ratio('hdiffz -m-6 -SD -c-lzma2')} | {ratio('zstd -19')} | "
+                f"{ours['apply']['rss_mib']:.1f}, {hp_mib:.1f} | "
+                f"{ours.get('working_set', 0) // 1024} | {diff_ratio:.2f} |"
+            )
+    for codec, rs in ratios.items():
+        geo = math.exp(sum(math.log(r) for r in rs) / len(rs))
+        lines += ["", f"Geometric mean of size / best peer, otaflash {codec}: {geo:.3f}"]
     return "\n".join(lines)
 
 

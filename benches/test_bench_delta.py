@@ -65,8 +65,9 @@ def test_harness_runs_ours_and_peers_side_by_side(tmp_path: Path, ours: str) -> 
     for row in rows.values():
         assert "error" not in row, row
         assert row["identical"], row["tool"]
-    ours_row = rows["otaflash (zstd, 2 MiB window)"]
-    assert ours_row["working_set"] > 0
-    assert ours_row["in_process_s"] > 0
+    for name in ("otaflash (zstd, 2 MiB window)", "otaflash (lzma2, 2 MiB dictionary)"):
+        assert rows[name]["working_set"] > 0
+        assert rows[name]["in_process_s"] > 0
     table = (tmp_path / "r.md").read_text()
-    assert "Geometric mean of size / best peer" in table
+    assert "Geometric mean of size / best peer, otaflash zstd" in table
+    assert "Geometric mean of size / best peer, otaflash lzma2" in table

@@ -17,6 +17,7 @@ from otaflash.cli import main
 from otaflash.errors import (
     CorruptPatchError,
     ForeignPatchError,
+    InputError,
     PatchError,
     UnsupportedPatchError,
     VerifyError,
@@ -102,6 +103,28 @@ def test_file_apply_and_cli_round_trip(tmp_path: Path, pair: tuple[bytes, bytes]
     assert "kind: sequential" in text
     assert f"new_size: {len(new)}" in text
     assert not (tmp_path / "out.part").exists()
+
+
+def test_lzma2_patches_are_smaller_and_apply_the_same(
+    tmp_path: Path, pair: tuple[bytes, bytes], capsys
+) -> None:
+    old, new = pair
+    old_p, new_p = write(tmp_path / "old", old), write(tmp_path / "new", new)
+    sizes = {}
+    for codec in ("zstd", "lzma2"):
+        patch_p, out_p = tmp_path / f"p.{codec}", tmp_path / f"out.{codec}"
+        args = ["diff", str(old_p), str(new_p), "-o", str(patch_p), "--compression", codec]
+        assert main([*args, "--json"]) == 0
+        record = json.loads(capsys.readouterr().out)
+        assert record["compression"] == codec
+        assert isinstance(record["sparse_diffs"], bool)
+        sizes[codec] = patch_p.stat().st_size
+        assert main(["patch", str(old_p), str(patch_p), "-o", str(out_p)]) == 0
+        capsys.readouterr()
+        assert out_p.read_bytes() == new
+    assert sizes["lzma2"] < sizes["zstd"], sizes
+    with pytest.raises(InputError, match="LZMA2 preset 12"):
+        delta.diff_bytes(old, new, compression="lzma2", level=12)
 
 
 def test_wrong_old_image_is_refused_and_nothing_is_written(
