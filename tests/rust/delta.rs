@@ -282,10 +282,20 @@ fn working_set_is_bounded_and_enforced() {
 #[test]
 fn resume_from_any_checkpoint_gives_identical_output() {
     let (old, new) = pair(150_000, 7);
-    let patch = diff(&old, &new, &small_opts()).unwrap();
+    for opts in encodings() {
+        resume_from_any_checkpoint_gives_identical_output_with(&old, &new, &opts);
+    }
+}
+
+fn resume_from_any_checkpoint_gives_identical_output_with(
+    old: &[u8],
+    new: &[u8],
+    opts: &DiffOptions,
+) {
+    let patch = diff(old, new, opts).unwrap();
     let mut seen = 0;
     for cut in (0..patch.len()).step_by(patch.len() / 37 + 1) {
-        let mut applier = Applier::new(old.as_slice(), Vec::new(), ApplyOptions::default());
+        let mut applier = Applier::new(old, Vec::new(), ApplyOptions::default());
         applier.feed(&patch[..cut]).ok();
         let Some(cp) = applier.checkpoint() else {
             continue;
@@ -293,27 +303,27 @@ fn resume_from_any_checkpoint_gives_identical_output() {
         let (_, written) = applier.into_parts();
         // Power cut: the sink keeps what it had durably at the checkpoint.
         let kept = written[..cp.output_offset as usize].to_vec();
-        let mut resumed = Applier::resume(
-            old.as_slice(),
-            kept,
-            &cp.to_bytes(),
-            ApplyOptions::default(),
-        )
-        .unwrap();
+        let mut resumed =
+            Applier::resume(old, kept, &cp.to_bytes(), ApplyOptions::default()).unwrap();
         assert_eq!(resumed.patch_offset(), cp.patch_offset);
         for piece in patch[cp.patch_offset as usize..].chunks(777) {
             resumed.feed(piece).unwrap();
         }
         resumed.finish().unwrap();
-        assert_eq!(resumed.into_parts().1, new, "cut at {cut}");
+        assert_eq!(
+            resumed.into_parts().1,
+            new,
+            "{:?} cut at {cut}",
+            opts.compression
+        );
         seen += 1;
     }
     assert!(seen > 10);
-    let mut bad = Applier::new(old.as_slice(), Vec::new(), ApplyOptions::default());
+    let mut bad = Applier::new(old, Vec::new(), ApplyOptions::default());
     bad.feed(&patch[..patch.len() / 2]).unwrap();
     let mut bytes = bad.checkpoint().unwrap().to_bytes();
     bytes[40] ^= 1;
-    assert!(Applier::resume(old.as_slice(), Vec::new(), &bytes, ApplyOptions::default()).is_err());
+    assert!(Applier::resume(old, Vec::new(), &bytes, ApplyOptions::default()).is_err());
 }
 
 /// A simulated single-slot flash that loses power on a chosen operation.
@@ -403,25 +413,43 @@ fn slot_with(old: &[u8], size: usize, block: u64) -> MemSlot {
 fn in_place_survives_a_power_cut_at_every_operation() {
     let (old, new) = pair(40_000, 8);
     let block = 4096u32;
-    let opts = DiffOptions {
+    let zstd = DiffOptions {
         frame_size: 8192,
         window_log: 14,
         ..DiffOptions::in_place(block, None)
     };
-    let patch = diff(&old, &new, &opts).unwrap();
+    // Resuming inside a frame restarts its decoder: LZMA2 and sparse runs too.
+    let lzma2 = DiffOptions {
+        compression: Compression::Lzma2,
+        level: 9,
+        sparse_diffs: Some(true),
+        ..zstd.clone()
+    };
+    for opts in [zstd, lzma2] {
+        in_place_survives_a_power_cut_at_every_operation_with(&old, &new, block, &opts);
+    }
+}
+
+fn in_place_survives_a_power_cut_at_every_operation_with(
+    old: &[u8],
+    new: &[u8],
+    block: u32,
+    opts: &DiffOptions,
+) {
+    let patch = diff(old, new, opts).unwrap();
     let header = Header::decode(&patch).unwrap();
     let slot_size = header.slot_size as usize;
     let options = ApplyOptions::default();
 
-    let mut clean = slot_with(&old, slot_size, block.into());
+    let mut clean = slot_with(old, slot_size, block.into());
     apply_in_place(&mut clean, &mut patch.as_slice(), &options, &mut NoProgress).unwrap();
-    assert_eq!(&clean.mem[..new.len()], &new[..]);
+    assert_eq!(&clean.mem[..new.len()], new);
     let total_ops = clean.ops;
     assert!(total_ops > 20);
 
     for survives in [false, true] {
         for cut in 1..=total_ops {
-            let mut slot = slot_with(&old, slot_size, block.into());
+            let mut slot = slot_with(old, slot_size, block.into());
             slot.cut_at = Some(cut);
             slot.record_survives = survives;
             let err = apply_in_place(&mut slot, &mut patch.as_slice(), &options, &mut NoProgress)
@@ -432,9 +460,14 @@ fn in_place_survives_a_power_cut_at_every_operation() {
             slot.cut_at = Some(cut % 5 + 1);
             let _ = apply_in_place(&mut slot, &mut patch.as_slice(), &options, &mut NoProgress);
             slot.cut_at = None;
-            apply_in_place(&mut slot, &mut patch.as_slice(), &options, &mut NoProgress)
-                .unwrap_or_else(|e| panic!("cut at op {cut} (record survives: {survives}): {e}"));
-            assert_eq!(&slot.mem[..new.len()], &new[..], "cut at op {cut}");
+            let resumed =
+                apply_in_place(&mut slot, &mut patch.as_slice(), &options, &mut NoProgress);
+            assert!(
+                resumed.is_ok(),
+                "cut at op {cut} (record survives: {survives}): {:?}",
+                resumed.err()
+            );
+            assert_eq!(&slot.mem[..new.len()], new, "cut at op {cut}");
         }
     }
 }
