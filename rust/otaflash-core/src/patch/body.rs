@@ -765,12 +765,7 @@ impl BodyDecoder {
                     let n = avail
                         .min((len - done) as usize)
                         .min((s.copy - offset) as usize);
-                    let at = (s.at + offset) as usize;
-                    let src = &self.staging[self.st_start..self.st_start + n];
-                    for (dst, d) in self.block[at..at + n].iter_mut().zip(src) {
-                        *dst = dst.wrapping_add(*d);
-                    }
-                    self.st_start += n;
+                    self.add_staged((s.at + offset) as usize, n);
                     self.phase = Phase::Sparse {
                         run,
                         done: done + n as u32,
@@ -793,12 +788,7 @@ impl BodyDecoder {
                         return Ok(());
                     }
                     let n = avail.min((s.copy - done) as usize);
-                    let at = (s.at + done) as usize;
-                    let src = &self.staging[self.st_start..self.st_start + n];
-                    for (dst, d) in self.block[at..at + n].iter_mut().zip(src) {
-                        *dst = dst.wrapping_add(*d);
-                    }
-                    self.st_start += n;
+                    self.add_staged((s.at + done) as usize, n);
                     self.phase = Phase::Diff {
                         span,
                         done: done + n as u32,
@@ -832,6 +822,15 @@ impl BodyDecoder {
                 }
             }
         }
+    }
+
+    /// Adds the next `n` staged difference bytes to the block at `at`.
+    fn add_staged(&mut self, at: usize, n: usize) {
+        let src = &self.staging[self.st_start..self.st_start + n];
+        for (dst, d) in self.block[at..at + n].iter_mut().zip(src) {
+            *dst = dst.wrapping_add(*d);
+        }
+        self.st_start += n;
     }
 
     fn record(&mut self, copy: u64, extra: u64, seek: i64) -> Result<()> {
