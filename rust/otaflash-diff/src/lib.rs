@@ -514,9 +514,6 @@ fn compress_frames(
     monitor: &Monitor,
     progress: &mut dyn Progress,
 ) -> Result<Vec<Vec<u8>>> {
-    if opts.compression == Compression::None {
-        return Ok(frames.iter().map(|f| f.raw.clone()).collect());
-    }
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<Vec<u8>>>>> =
         Mutex::new((0..frames.len()).map(|_| None).collect());
