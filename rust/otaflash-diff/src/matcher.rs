@@ -77,7 +77,7 @@ fn search(sa: &[i32], old: &[u8], target: &[u8]) -> (usize, usize) {
 /// new exact match must be to start a new record (bsdiff uses 8; smaller
 /// suits images where short moved pieces matter, larger suits code where
 /// the approximate extension already covers them).
-fn scan_range(
+pub(crate) fn scan_range(
     sa: &[i32],
     old: &[u8],
     new_all: &[u8],
