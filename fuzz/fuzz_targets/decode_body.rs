@@ -79,6 +79,7 @@ fuzz_target!(|data: &[u8]| {
         shift: 0,
         slot_size: 0,
         sparse_diffs: layout & 1 != 0,
+        x86_branches: layout & 4 != 0,
     };
     let mut patch = header.encode().to_vec();
     patch.extend_from_slice(&body);

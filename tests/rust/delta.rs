@@ -112,6 +112,50 @@ fn round_trip_in_any_chunking() {
     }
 }
 
+/// x86-like code: `count` call instructions at random places between filler,
+/// each calling one of eight functions at fixed addresses.
+fn x86_code(count: usize, seed: u64) -> Vec<u8> {
+    let filler = noise(count * 11, seed);
+    let mut out = Vec::new();
+    for (i, pad) in filler.chunks(11).enumerate() {
+        out.extend_from_slice(&pad[..(pad[0] % 11) as usize]);
+        let target = 0x40_0000 + 0x1000 * (i as u32 % 8);
+        let rel = target.wrapping_sub(out.len() as u32 + 5);
+        out.push(0xE8);
+        out.extend_from_slice(&rel.to_le_bytes());
+    }
+    out
+}
+
+#[test]
+fn x86_literals_round_trip_and_shrink_new_code() {
+    let (old, _) = pair(60_000, 11);
+    // The new image adds a stretch of new code: literals full of calls.
+    let mut new = old.clone();
+    new.splice(20_000..20_000, x86_code(3000, 12));
+    let mut sizes = Vec::new();
+    for x86 in [Some(false), Some(true), None] {
+        for compression in [Compression::Zstd, Compression::Lzma2] {
+            let opts = DiffOptions {
+                x86_branches: x86,
+                ..DiffOptions::with_compression(compression)
+            };
+            let patch = diff(&old, &new, &opts).unwrap();
+            let header = Header::decode(&patch).unwrap();
+            // Left to choose, the maker takes the transform here.
+            assert_eq!(header.x86_branches, x86.unwrap_or(true), "{x86:?}");
+            for chunk in [1, 333, patch.len()] {
+                assert_eq!(apply_chunked(&old, &patch, chunk).unwrap(), new);
+            }
+            sizes.push(patch.len());
+        }
+    }
+    // Absolute targets repeat: at least 20 % smaller with either codec.
+    for (off, on) in sizes[..2].iter().zip(&sizes[2..4]) {
+        assert!(on * 5 < off * 4, "{sizes:?}");
+    }
+}
+
 #[test]
 fn edge_sizes_round_trip() {
     let cases: Vec<(Vec<u8>, Vec<u8>)> = vec![
@@ -155,7 +199,8 @@ fn wrong_old_image_is_refused_before_anything_is_written() {
     );
 }
 
-/// One option set per body encoding: zstd, LZMA2, each with sparse differences.
+/// One option set per body encoding: zstd, LZMA2, with sparse differences
+/// and x86 literals.
 fn encodings() -> [DiffOptions; 3] {
     [
         small_opts(),
@@ -167,6 +212,7 @@ fn encodings() -> [DiffOptions; 3] {
             compression: Compression::Lzma2,
             level: 9,
             sparse_diffs: Some(true),
+            x86_branches: Some(true),
             ..small_opts()
         },
     ]
@@ -423,6 +469,7 @@ fn in_place_survives_a_power_cut_at_every_operation() {
         compression: Compression::Lzma2,
         level: 9,
         sparse_diffs: Some(true),
+        x86_branches: Some(true),
         ..zstd.clone()
     };
     for opts in [zstd, lzma2] {

@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use otaflash_core::patch::branches;
 use otaflash_core::patch::format::{
     self, Compression, FrameHeader, HEADER_LEN, Header, Kind, RECORD_DENSITY,
 };
@@ -47,6 +48,9 @@ pub struct DiffOptions {
     /// Store each block's differences as runs of non-zero bytes; `None`:
     /// small images try both and keep the smaller patch, large ones do not.
     pub sparse_diffs: Option<bool>,
+    /// Store x86 CALL/JMP targets in literals as absolute addresses;
+    /// `None`: chosen by trying (small images) or on samples (large ones).
+    pub x86_branches: Option<bool>,
 }
 
 impl Default for DiffOptions {
@@ -61,6 +65,7 @@ impl Default for DiffOptions {
             threads: 0,
             slot_size: None,
             sparse_diffs: None,
+            x86_branches: None,
         }
     }
 }
@@ -221,27 +226,31 @@ pub fn diff_with(
         Kind::InPlace => in_place_geometry(old.len(), new.len(), opts)?,
     };
     let sa = matcher::suffix_array(old, threads)?;
+    let small = new.len() < SMALL_IMAGE;
     // Small images (MCU firmware) are cheap to diff: try several match
-    // thresholds and keep the smallest patch. Large ones pick one from
-    // samples of the image.
-    let large = [pick_threshold(&sa, old, new, opts, threads)?];
-    let thresholds: &[usize] = if new.len() < SMALL_IMAGE {
-        &[4, 8, 12]
+    // thresholds and keep the smallest patch. Large ones choose the
+    // threshold and the x86 literal transform from samples of the image.
+    let (large_threshold, large_x86) = if small {
+        (LARGE_THRESHOLDS[0], false)
     } else {
-        &large
+        pick_matching(&sa, old, new, opts, threads)?
     };
+    let large = [large_threshold];
+    let thresholds: &[usize] = if small { &[4, 8, 12] } else { &large };
     // Sparse differences (only the non-zero runs) pay off when few bytes of
     // the copies change (a small fix to MCU firmware: -20 % on nrf52) and
     // cost 1-8 % on recompiled executables, so only small images try both.
     let layouts: &[bool] = match opts.sparse_diffs {
         Some(true) => &[true],
         Some(false) => &[false],
-        None if new.len() < SMALL_IMAGE => &[false, true],
+        None if small => &[false, true],
         None => &[false],
     };
-    let mut best: Option<(Vec<Frame>, Vec<Vec<u8>>, bool)> = None;
+    let x86 = opts.x86_branches.unwrap_or(large_x86);
+    // Small images try the x86 transform on the best candidate afterwards.
+    let try_x86 = small && opts.x86_branches.is_none();
     // Progress counts new bytes matched, then new bytes compressed, per pass.
-    let passes = (thresholds.len() * (1 + layouts.len())) as u64;
+    let passes = (thresholds.len() * (1 + layouts.len()) + usize::from(try_x86)) as u64;
     let monitor = Monitor::new(new.len() as u64 * (passes + 1) + 1);
     // With several candidates, rank them by a fast compression and compress
     // only the winner at the requested level.
@@ -252,6 +261,9 @@ pub fn diff_with(
     // (LZMA2 ranks with itself: zstd's ranking does not predict it.)
     let rerank = thresholds.len() > 1 && opts.compression == Compression::Zstd;
     let rank_opts = if rerank { &ranking } else { opts };
+    let mut best: Option<Candidate> = None;
+    // The records of the best candidate, for the x86 trial.
+    let mut best_records = Vec::new();
     for &threshold in thresholds {
         let mut records =
             matcher::find_records(&sa, old, new, threads, threshold, &monitor, progress)?;
@@ -259,21 +271,42 @@ pub fn diff_with(
             records = matcher::restrict_in_place(&records, opts.block_size, shift);
         }
         for &sparse in layouts {
-            let frames = build_frames(old, new, &records, opts, sparse)?;
+            let frames = build_frames(old, new, &records, opts, sparse, x86)?;
             let compressed = compress_frames(&frames, rank_opts, threads, &monitor, progress)?;
-            let size: usize = compressed.iter().map(Vec::len).sum();
-            if best
-                .as_ref()
-                .is_none_or(|(_, b, _)| size < b.iter().map(Vec::len).sum())
-            {
-                best = Some((frames, compressed, sparse));
+            let candidate = Candidate {
+                frames,
+                compressed,
+                sparse,
+                x86,
+            };
+            if best.as_ref().is_none_or(|b| candidate.size() < b.size()) {
+                best = Some(candidate);
+                best_records.clone_from(&records);
             }
         }
     }
-    if rerank && let Some((frames, compressed, _)) = best.as_mut() {
-        *compressed = compress_frames(frames, opts, threads, &monitor, progress)?;
+    if try_x86 && let Some(sparse) = best.as_ref().map(|b| b.sparse) {
+        let frames = build_frames(old, new, &best_records, opts, sparse, true)?;
+        let compressed = compress_frames(&frames, rank_opts, threads, &monitor, progress)?;
+        let candidate = Candidate {
+            frames,
+            compressed,
+            sparse,
+            x86: true,
+        };
+        if best.as_ref().is_none_or(|b| candidate.size() < b.size()) {
+            best = Some(candidate);
+        }
     }
-    let (frames, compressed, sparse_diffs) = best.unwrap_or_default();
+    if rerank && let Some(b) = best.as_mut() {
+        b.compressed = compress_frames(&b.frames, opts, threads, &monitor, progress)?;
+    }
+    let Candidate {
+        frames,
+        compressed,
+        sparse: sparse_diffs,
+        x86: x86_branches,
+    } = best.unwrap_or_default();
     progress.report(ProgressEvent {
         operation: Operation::Patch,
         done: monitor.total,
@@ -307,6 +340,7 @@ pub fn diff_with(
         shift,
         slot_size,
         sparse_diffs,
+        x86_branches,
     };
     let mut patch = Vec::with_capacity(HEADER_LEN + body.len());
     patch.extend_from_slice(&header.encode());
@@ -334,18 +368,16 @@ const LARGE_THRESHOLDS: [usize; 2] = [16, 64];
 const THRESHOLD_SAMPLES: usize = 8;
 const SAMPLE_LEN: (usize, usize) = (32 << 10, 128 << 10);
 
-/// The match threshold for a large image: the one whose patch of evenly
-/// spaced samples of `new` is smallest under a fast zstd level.
-fn pick_threshold(
+/// The match threshold and x86 literal transform for a large image: the
+/// pair whose patch of evenly spaced samples of `new` is smallest under a
+/// fast zstd level.
+fn pick_matching(
     sa: &[i32],
     old: &[u8],
     new: &[u8],
     opts: &DiffOptions,
     threads: usize,
-) -> Result<usize> {
-    if new.len() < SMALL_IMAGE {
-        return Ok(LARGE_THRESHOLDS[0]);
-    }
+) -> Result<(usize, bool)> {
     let len = (new.len() / (8 * THRESHOLD_SAMPLES)).clamp(SAMPLE_LEN.0, SAMPLE_LEN.1);
     let stride = new.len() / THRESHOLD_SAMPLES;
     let ranking = DiffOptions {
@@ -354,41 +386,51 @@ fn pick_threshold(
         level: 3,
         ..opts.clone()
     };
+    let transforms: &[bool] = match opts.x86_branches {
+        Some(true) => &[true],
+        Some(false) => &[false],
+        None => &[false, true],
+    };
     let jobs: Vec<(usize, usize)> = (0..LARGE_THRESHOLDS.len())
         .flat_map(|t| (0..THRESHOLD_SAMPLES).map(move |s| (t, s * stride)))
         .collect();
-    let sizes: Vec<AtomicU64> = LARGE_THRESHOLDS.iter().map(|_| AtomicU64::new(0)).collect();
+    // sizes[t][x]: threshold t, transform x.
+    let sizes: Vec<[AtomicU64; 2]> = LARGE_THRESHOLDS
+        .iter()
+        .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+        .collect();
     let next = AtomicUsize::new(0);
     let failure: Mutex<Option<Error>> = Mutex::new(None);
     let monitor = Monitor::new(1);
+    let sample_size = |records: &[Record], sample: &[u8], x86: bool| -> Result<u64> {
+        build_frames(old, sample, records, &ranking, false, x86)?
+            .iter()
+            .map(|f| compress_one(&f.raw, &ranking).map(|c| c.len() as u64))
+            .sum()
+    };
     std::thread::scope(|scope| {
         for _ in 0..threads.clamp(1, jobs.len()) {
             scope.spawn(|| {
                 while let Some(&(t, start)) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let sample = &new[..start + len];
+                    let end = start + len;
                     let records = matcher::scan_range(
                         sa,
                         old,
-                        sample,
+                        &new[..end],
                         start,
-                        sample.len(),
+                        end,
                         LARGE_THRESHOLDS[t],
                         &monitor,
                     );
-                    let size = build_frames(old, &sample[start..], &records, &ranking, false)
-                        .and_then(|frames| {
-                            frames
-                                .iter()
-                                .map(|f| compress_one(&f.raw, &ranking).map(|c| c.len() as u64))
-                                .sum::<Result<u64>>()
-                        });
-                    match size {
-                        Ok(n) => {
-                            sizes[t].fetch_add(n, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            if let Ok(mut f) = failure.lock() {
-                                f.get_or_insert(e);
+                    for &x86 in transforms {
+                        match sample_size(&records, &new[start..end], x86) {
+                            Ok(n) => {
+                                sizes[t][usize::from(x86)].fetch_add(n, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                if let Ok(mut f) = failure.lock() {
+                                    f.get_or_insert(e);
+                                }
                             }
                         }
                     }
@@ -400,9 +442,11 @@ fn pick_threshold(
         return Err(e);
     }
     let best = (0..LARGE_THRESHOLDS.len())
-        .min_by_key(|&t| sizes[t].load(Ordering::Relaxed))
-        .unwrap_or(0);
-    Ok(LARGE_THRESHOLDS[best])
+        .flat_map(|t| transforms.iter().map(move |&x| (t, x)))
+        .min_by_key(|&(t, x)| sizes[t][usize::from(x)].load(Ordering::Relaxed));
+    Ok(best.map_or((LARGE_THRESHOLDS[0], false), |(t, x)| {
+        (LARGE_THRESHOLDS[t], x)
+    }))
 }
 
 /// The zstd level candidates are ranked with.
@@ -410,6 +454,22 @@ const RANKING_LEVEL: i32 = 9;
 
 /// Below this many new bytes, several match thresholds are tried.
 const SMALL_IMAGE: usize = 2 << 20;
+
+/// A patch body being considered: its frames, their compressed payloads
+/// and the layout they were built with.
+#[derive(Default)]
+struct Candidate {
+    frames: Vec<Frame>,
+    compressed: Vec<Vec<u8>>,
+    sparse: bool,
+    x86: bool,
+}
+
+impl Candidate {
+    fn size(&self) -> usize {
+        self.compressed.iter().map(Vec::len).sum()
+    }
+}
 
 struct Frame {
     out_len: u32,
@@ -480,6 +540,7 @@ fn build_frames(
     records: &[Record],
     opts: &DiffOptions,
     sparse: bool,
+    x86: bool,
 ) -> Result<Vec<Frame>> {
     let bs = u64::from(opts.block_size);
     let per_frame = (opts.frame_size / bs).max(1) as usize;
@@ -538,7 +599,11 @@ fn build_frames(
             }
             for p in pieces {
                 let start = (p.new + p.copy) as usize;
+                let at = raw.len();
                 raw.extend_from_slice(&new[start..start + p.extra as usize]);
+                if x86 {
+                    branches::x86_encode(&mut raw[at..], start as u64);
+                }
             }
             out_len += pieces.iter().map(|p| p.copy + p.extra).sum::<u64>();
         }
@@ -701,7 +766,7 @@ mod tests {
         }
         let sa = matcher::suffix_array(&old, 1).unwrap();
         let opts = DiffOptions::default();
-        assert_eq!(pick_threshold(&sa, &old, &new, &opts, 2).unwrap(), 16);
+        assert_eq!(pick_matching(&sa, &old, &new, &opts, 2).unwrap().0, 16);
         let patch = diff(&old, &new, &opts).unwrap();
         assert!(patch.len() < new.len() / 8, "{} bytes", patch.len());
     }

@@ -874,6 +874,15 @@ impl BodyDecoder {
         let offset = self.pos.out_pos + u64::from(frame.header.out_len) - frame.out_left;
         frame.out_left -= self.block_len as u64;
         self.phase = Phase::Count;
+        if self.header.x86_branches {
+            for s in &self.spans {
+                let start = (s.at + s.copy) as usize;
+                super::branches::x86_decode(
+                    &mut self.block[start..start + s.extra as usize],
+                    offset + start as u64,
+                );
+            }
+        }
         emit(offset, &self.block[..self.block_len])
     }
 }

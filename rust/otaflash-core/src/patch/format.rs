@@ -117,10 +117,15 @@ pub struct Header {
     /// Each block says how its differences are stored: all of them, or only
     /// the runs of non-zero bytes (section 4 of docs/patch-format.md).
     pub sparse_diffs: bool,
+    /// Literal bytes hold x86 CALL/JMP targets as absolute addresses
+    /// (section 5 of docs/patch-format.md; `branches::x86_decode`).
+    pub x86_branches: bool,
 }
 
-/// Header flag (byte 17) bit: blocks carry a difference encoding.
+/// Header flag (byte 17) bits: blocks carry a difference encoding; literals
+/// hold x86 branch targets absolute.
 const FLAG_SPARSE_DIFFS: u8 = 1;
+const FLAG_X86_BRANCHES: u8 = 2;
 
 fn le_u16(b: &[u8], at: usize) -> u16 {
     let mut a = [0u8; 2];
@@ -161,6 +166,10 @@ impl Header {
         b[16] = self.window_log;
         b[17] = if self.sparse_diffs {
             FLAG_SPARSE_DIFFS
+        } else {
+            0
+        } | if self.x86_branches {
+            FLAG_X86_BRANCHES
         } else {
             0
         };
@@ -215,7 +224,10 @@ impl Header {
         if !(MIN_WINDOW_LOG..=MAX_WINDOW_LOG).contains(&window_log) {
             return Err(corrupt(format!("window log {window_log} is out of range")));
         }
-        if b[17] & !FLAG_SPARSE_DIFFS != 0 || b[18..20] != [0, 0] || b[152..156] != [0, 0, 0, 0] {
+        if b[17] & !(FLAG_SPARSE_DIFFS | FLAG_X86_BRANCHES) != 0
+            || b[18..20] != [0, 0]
+            || b[152..156] != [0, 0, 0, 0]
+        {
             return Err(Error::PatchUnsupported(
                 "reserved header fields are set".into(),
             ));
@@ -247,6 +259,7 @@ impl Header {
             shift,
             slot_size,
             sparse_diffs: b[17] & FLAG_SPARSE_DIFFS != 0,
+            x86_branches: b[17] & FLAG_X86_BRANCHES != 0,
         };
         header.check_geometry()?;
         Ok(header)
@@ -446,6 +459,7 @@ mod tests {
             shift: 0,
             slot_size: 0,
             sparse_diffs: false,
+            x86_branches: false,
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod apply;
 mod body;
+pub mod branches;
 mod bsdiff;
 pub mod format;
 mod inplace;
