@@ -25,9 +25,10 @@ pub fn x86_decode(run: &mut [u8], pos: u64) {
 }
 
 fn convert(run: &mut [u8], pos: u64, encode: bool) {
+    let end = run.len().saturating_sub(4);
     let mut i = 0;
-    while i + 5 <= run.len() {
-        let Some(found) = run[i..run.len() - 4].iter().position(|&b| b & 0xFE == 0xE8) else {
+    while i < end {
+        let Some(found) = memchr::memchr2(0xE8, 0xE9, &run[i..end]) else {
             return;
         };
         i += found;
@@ -35,26 +36,26 @@ fn convert(run: &mut [u8], pos: u64, encode: bool) {
         // or not: converting an operand that starts inside them would change
         // the byte this one was judged by, and the decoder would judge it
         // differently.
-        if run[i + 4] != 0x00 && run[i + 4] != 0xFF {
-            i += 5;
-            continue;
-        }
-        let mut operand = [0u8; 4];
-        operand.copy_from_slice(&run[i + 1..i + 5]);
-        let value = u32::from_le_bytes(operand) & LOW25;
-        // Only the low 25 bits of the position matter (wrapping arithmetic).
-        let at = (pos.wrapping_add(i as u64) as u32) & LOW25;
-        let moved = if encode {
-            value.wrapping_add(at)
-        } else {
-            value.wrapping_sub(at)
-        } & LOW25;
-        let full = if moved & (1 << 24) != 0 {
-            moved | !LOW25
-        } else {
-            moved
+        let Some(operand) = run.get_mut(i + 1..i + 5) else {
+            return;
         };
-        run[i + 1..i + 5].copy_from_slice(&full.to_le_bytes());
+        if operand[3] == 0x00 || operand[3] == 0xFF {
+            let value =
+                u32::from_le_bytes([operand[0], operand[1], operand[2], operand[3]]) & LOW25;
+            // Only the low 25 bits of the position matter (wrapping arithmetic).
+            let at = (pos.wrapping_add(i as u64) as u32) & LOW25;
+            let moved = if encode {
+                value.wrapping_add(at)
+            } else {
+                value.wrapping_sub(at)
+            } & LOW25;
+            let full = if moved & (1 << 24) != 0 {
+                moved | !LOW25
+            } else {
+                moved
+            };
+            operand.copy_from_slice(&full.to_le_bytes());
+        }
         i += 5;
     }
 }
