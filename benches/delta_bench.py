@@ -26,10 +26,12 @@ import json
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,18 +54,29 @@ else:
 
 
 def run_timed(cmd: list[str], timeout: float) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS KiB and stderr of one whole-process run."""
+    """Wall seconds, peak RSS KiB (GNU time's, which counts only the command)
+    and stderr of one whole-process run.
+
+    A blocking wait ends the clock the moment the process exits
+    (subprocess's wait with a timeout polls, rounding short runs up to its
+    50 ms sleeps); a timer kills a run that takes too long.
+    """
     with tempfile.NamedTemporaryFile("r") as rss, tempfile.TemporaryFile() as err:
         full = ["/usr/bin/time", "-o", rss.name, "-f", "%M", *cmd]
         t0 = time.perf_counter()
-        proc = subprocess.run(
-            full, stdout=subprocess.DEVNULL, stderr=err, timeout=timeout, check=False
-        )
+        proc = subprocess.Popen(full, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        # The whole group: GNU time and the command under it.
+        killer = threading.Timer(timeout, os.killpg, (proc.pid, signal.SIGKILL))
+        killer.start()
+        try:
+            returncode = proc.wait()
+        finally:
+            killer.cancel()
         wall = time.perf_counter() - t0
         err.seek(0)
         stderr = err.read().decode(errors="replace")
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {stderr[-500:]}")
+        if returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({returncode}): {stderr[-500:]}")
         return wall, int(rss.read().strip().splitlines()[-1]), stderr
 
 
