@@ -284,8 +284,7 @@ pub fn diff_with(
                 sparse,
                 x86,
             };
-            if best.as_ref().is_none_or(|b| candidate.size() < b.size()) {
-                best = Some(candidate);
+            if candidate.replaces(&mut best) {
                 best_records.clone_from(&records);
             }
         }
@@ -300,15 +299,13 @@ pub fn diff_with(
             &monitor,
             progress,
         )?;
-        let candidate = Candidate {
+        Candidate {
             frames,
             compressed,
             sparse,
             x86: true,
-        };
-        if best.as_ref().is_none_or(|b| candidate.size() < b.size()) {
-            best = Some(candidate);
         }
+        .replaces(&mut best);
     }
     if rerank && let Some(b) = best.as_mut() {
         b.compressed =
@@ -499,6 +496,15 @@ struct Candidate {
 impl Candidate {
     fn size(&self) -> usize {
         self.compressed.iter().map(Vec::len).sum()
+    }
+
+    /// Becomes `best` if there is none yet or it is smaller; says whether it did.
+    fn replaces(self, best: &mut Option<Candidate>) -> bool {
+        let smaller = best.as_ref().is_none_or(|b| self.size() < b.size());
+        if smaller {
+            *best = Some(self);
+        }
+        smaller
     }
 }
 
