@@ -414,56 +414,47 @@ fn pick_matching(
     let jobs: Vec<(usize, usize)> = (0..LARGE_THRESHOLDS.len())
         .flat_map(|t| (0..THRESHOLD_SAMPLES).map(move |s| (t, s * stride)))
         .collect();
-    // sizes[t][x]: threshold t, transform x.
-    let sizes: Vec<[AtomicU64; 2]> = LARGE_THRESHOLDS
-        .iter()
-        .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
-        .collect();
-    let next = AtomicUsize::new(0);
-    let failure: Mutex<Option<Error>> = Mutex::new(None);
-    let monitor = Monitor::new(1);
     let sample_size = |records: &[Record], sample: &[u8], x86: bool| -> Result<u64> {
         build_frames(old, sample, records, &ranking, false, x86)?
             .iter()
             .map(|f| compress_one(&f.raw, &ranking, LC_DIFFS).map(|c| c.len() as u64))
             .sum()
     };
-    std::thread::scope(|scope| {
-        for _ in 0..threads.clamp(1, jobs.len()) {
-            scope.spawn(|| {
-                while let Some(&(t, start)) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let end = start + len;
-                    let records = matcher::scan_range(
-                        sa,
-                        old,
-                        &new[..end],
-                        start,
-                        end,
-                        LARGE_THRESHOLDS[t],
-                        &monitor,
-                    );
-                    for &x86 in transforms {
-                        match sample_size(&records, &new[start..end], x86) {
-                            Ok(n) => {
-                                sizes[t][usize::from(x86)].fetch_add(n, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                if let Ok(mut f) = failure.lock() {
-                                    f.get_or_insert(e);
-                                }
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = failure.into_inner().ok().flatten() {
-        return Err(e);
+    // Per job, the sample's size without and with the transform.
+    let monitor = Monitor::new(1);
+    let per_job = parallel_map(
+        jobs.len(),
+        threads,
+        &monitor,
+        &mut NoProgress,
+        |j| -> Result<[u64; 2]> {
+            let (t, start) = jobs[j];
+            let end = start + len;
+            let records = matcher::scan_range(
+                sa,
+                old,
+                &new[..end],
+                start,
+                end,
+                LARGE_THRESHOLDS[t],
+                &monitor,
+            );
+            let mut sizes = [0; 2];
+            for &x86 in transforms {
+                sizes[usize::from(x86)] = sample_size(&records, &new[start..end], x86)?;
+            }
+            Ok(sizes)
+        },
+    )?;
+    // sizes[t][x]: threshold t, transform x.
+    let mut sizes = vec![[0u64; 2]; LARGE_THRESHOLDS.len()];
+    for (&(t, _), job) in jobs.iter().zip(&per_job) {
+        sizes[t][0] += job[0];
+        sizes[t][1] += job[1];
     }
     let best = (0..LARGE_THRESHOLDS.len())
         .flat_map(|t| transforms.iter().map(move |&x| (t, x)))
-        .min_by_key(|&(t, x)| sizes[t][usize::from(x)].load(Ordering::Relaxed));
+        .min_by_key(|&(t, x)| sizes[t][usize::from(x)]);
     Ok(best.map_or((LARGE_THRESHOLDS[0], false), |(t, x)| {
         (LARGE_THRESHOLDS[t], x)
     }))
@@ -697,21 +688,39 @@ fn compress_frames(
     monitor: &Monitor,
     progress: &mut dyn Progress,
 ) -> Result<Vec<Vec<u8>>> {
+    parallel_map(frames.len(), threads, monitor, progress, |i| {
+        let frame = &frames[i];
+        let compressed = compress_one(&frame.raw, opts, lc);
+        monitor
+            .done
+            .fetch_add(u64::from(frame.out_len), Ordering::Relaxed);
+        compressed
+    })
+}
+
+/// `work(0..count)` on up to `threads` threads, results in order; stops
+/// early when the monitor's stop is raised (the caller's thread reports
+/// progress meanwhile).
+fn parallel_map<T: Send>(
+    count: usize,
+    threads: usize,
+    monitor: &Monitor,
+    progress: &mut dyn Progress,
+    work: impl Fn(usize) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<Vec<u8>>>>> =
-        Mutex::new((0..frames.len()).map(|_| None).collect());
-    let workers = threads.min(frames.len()).max(1);
+    let results: Mutex<Vec<Option<Result<T>>>> = Mutex::new((0..count).map(|_| None).collect());
+    let workers = threads.min(count).max(1);
     let finished = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
                 while !monitor.stop.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(frame) = frames.get(i) else { break };
-                    let r = compress_one(&frame.raw, opts, lc);
-                    monitor
-                        .done
-                        .fetch_add(u64::from(frame.out_len), Ordering::Relaxed);
+                    if i >= count {
+                        break;
+                    }
+                    let r = work(i);
                     if let Ok(mut all) = results.lock()
                         && let Some(slot) = all.get_mut(i)
                     {
@@ -725,11 +734,9 @@ fn compress_frames(
     })?;
     let all = results
         .into_inner()
-        .map_err(|_| Error::InvalidArgument("a compression thread failed".into()))?;
+        .map_err(|_| Error::InvalidArgument("a worker thread failed".into()))?;
     all.into_iter()
-        .map(|r| {
-            r.unwrap_or_else(|| Err(Error::InvalidArgument("a frame was not compressed".into())))
-        })
+        .map(|r| r.unwrap_or_else(|| Err(Error::InvalidArgument("a job was not run".into()))))
         .collect()
 }
 
