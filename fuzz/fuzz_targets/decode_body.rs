@@ -57,9 +57,8 @@ fuzz_target!(|data: &[u8]| {
             comp_len: payload.len() as u32,
             raw_len,
             old_pos: u64::from(input.u16()) % 3001,
-            payload_crc: crc32fast::hash(&payload),
         };
-        body.extend_from_slice(&fh.encode());
+        body.extend_from_slice(&fh.encode(&payload));
         body.extend_from_slice(&payload);
         frames += 1;
         left -= out_len;
@@ -75,13 +74,13 @@ fuzz_target!(|data: &[u8]| {
         body_size: body.len() as u64,
         old_sha256: Sha256::digest(&old).into(),
         new_sha256: [0; 32],
-        body_sha256: Sha256::digest(&body).into(),
         shift: 0,
         slot_size: 0,
+        body_sha256: None,
         sparse_diffs: layout & 1 != 0,
         x86_branches: layout & 4 != 0,
     };
-    let mut patch = header.encode().to_vec();
+    let mut patch = header.encode();
     patch.extend_from_slice(&body);
     let split = usize::from(flags >> 5) * 97 + 1;
     let options = ApplyOptions { read_cache: 1024, ..ApplyOptions::default() };

@@ -6,6 +6,7 @@ from typing import Any, final
 from typing_extensions import Buffer
 
 __all__ = [
+    "PATCH_HEADER_MAX",
     "Applier",
     "FlashBlocks",
     "FlashTarget",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 __version__: str
+#: The longest patch header: this many first bytes describe any patch.
+PATCH_HEADER_MAX: int
 
 @final
 class Hasher:

@@ -54,7 +54,6 @@ __all__ = [
 #: The applier refuses patches needing more working memory than this by default.
 DEFAULT_MAX_WORKING_SET = 4 << 20
 _DEFAULT_READ_CACHE = 256 << 10
-_HEAD = 160
 
 
 @dataclass(frozen=True)
@@ -233,9 +232,9 @@ def patch_info(patch: str | os.PathLike[str] | Buffer) -> PatchInfo:
     """Reads a patch's header (a path, or the patch's first bytes)."""
     if isinstance(patch, str | os.PathLike):
         with open(patch, "rb") as f:
-            head = f.read(_HEAD)
+            head = f.read(_core.PATCH_HEADER_MAX)
     else:
-        head = bytes(memoryview(patch)[:_HEAD])
+        head = bytes(memoryview(patch)[: _core.PATCH_HEADER_MAX])
     fields = _core.patch_info(head)
     return PatchInfo(
         format=str(fields["format"]),

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use otaflash_core::inplace::InPlaceTarget;
 use otaflash_core::io::ReadAt;
-use otaflash_core::patch::format::{HEADER_LEN, Header};
+use otaflash_core::patch::format::Header;
 use otaflash_core::patch::{Applier, ApplyOptions, Compression, apply_in_place};
 use otaflash_core::progress::NoProgress;
 use otaflash_core::{Error, Result};
@@ -260,9 +260,10 @@ fn every_single_bit_flip_is_an_error() {
 
 fn reencode(patch: &[u8], edit: impl FnOnce(&mut Header)) -> Vec<u8> {
     let mut header = Header::decode(patch).unwrap();
+    let body = &patch[header.encoded_len()..];
     edit(&mut header);
-    let mut out = header.encode().to_vec();
-    out.extend_from_slice(&patch[HEADER_LEN..]);
+    let mut out = header.encode();
+    out.extend_from_slice(body);
     out
 }
 

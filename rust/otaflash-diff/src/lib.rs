@@ -19,9 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use otaflash_core::patch::branches;
-use otaflash_core::patch::format::{
-    self, Compression, FrameHeader, HEADER_LEN, Header, Kind, RECORD_DENSITY,
-};
+use otaflash_core::patch::format::{self, Compression, FrameHeader, Header, Kind, RECORD_DENSITY};
 use otaflash_core::progress::{NoProgress, Operation, Progress, ProgressEvent};
 use otaflash_core::{Error, Result};
 use sha2::{Digest as _, Sha256};
@@ -110,6 +108,12 @@ impl DiffOptions {
                 self.block_size,
                 format::MIN_BLOCK_SIZE,
                 format::MAX_BLOCK_SIZE
+            ));
+        }
+        if !self.block_size.is_power_of_two() {
+            return bad(format!(
+                "block size {} is not a power of two (flash erase blocks are)",
+                self.block_size
             ));
         }
         if !(format::MIN_WINDOW_LOG..=format::MAX_WINDOW_LOG).contains(&self.window_log) {
@@ -340,9 +344,8 @@ pub fn diff_with(
             comp_len: payload.len() as u32,
             raw_len: frame.raw.len() as u32,
             old_pos: frame.old_pos,
-            payload_crc: crc32fast::hash(payload),
         };
-        body.extend_from_slice(&fh.encode());
+        body.extend_from_slice(&fh.encode(payload));
         body.extend_from_slice(payload);
     }
     let header = Header {
@@ -356,14 +359,13 @@ pub fn diff_with(
         body_size: body.len() as u64,
         old_sha256: Sha256::digest(old).into(),
         new_sha256: Sha256::digest(new).into(),
-        body_sha256: Sha256::digest(&body).into(),
         shift,
         slot_size,
+        body_sha256: (opts.kind == Kind::InPlace).then(|| Sha256::digest(&body).into()),
         sparse_diffs,
         x86_branches,
     };
-    let mut patch = Vec::with_capacity(HEADER_LEN + body.len());
-    patch.extend_from_slice(&header.encode());
+    let mut patch = header.encode();
     patch.extend_from_slice(&body);
     Ok(patch)
 }

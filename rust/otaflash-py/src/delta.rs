@@ -196,7 +196,7 @@ pub fn apply_file(
     Ok(report(result))
 }
 
-/// Describes a patch from its first bytes (at least 160): a dict of fields.
+/// Describes a patch from its first bytes (`PATCH_HEADER_MAX` suffice): a dict of fields.
 #[pyfunction]
 pub fn patch_info<'py>(head: &Bound<'py, PyAny>) -> OtaResult<Bound<'py, PyDict>> {
     let view = ByteView::new(head)?;
@@ -222,8 +222,8 @@ pub fn patch_info<'py>(head: &Bound<'py, PyAny>) -> OtaResult<Bound<'py, PyDict>
             d.set_item("new_size", h.new_size)?;
             d.set_item("old_sha256", hex(&h.old_sha256))?;
             d.set_item("new_sha256", hex(&h.new_sha256))?;
-            d.set_item("body_sha256", hex(&h.body_sha256))?;
-            d.set_item("patch_size", h.body_size + patch::format::HEADER_LEN as u64)?;
+            d.set_item("body_sha256", h.body_sha256.map(|d| hex(&d)))?;
+            d.set_item("patch_size", h.body_size + h.encoded_len() as u64)?;
             d.set_item("block_size", h.block_size)?;
             d.set_item("window_log", h.window_log)?;
             d.set_item("frame_count", h.frame_count)?;

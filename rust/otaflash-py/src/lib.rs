@@ -48,6 +48,10 @@ mod _core {
             .replace("-alpha.", "a")
             .replace("-beta.", "b")
             .replace("-rc.", "rc");
-        m.add("__version__", version)
+        m.add("__version__", version)?;
+        m.add(
+            "PATCH_HEADER_MAX",
+            otaflash_core::patch::format::MAX_HEADER_LEN,
+        )
     }
 }

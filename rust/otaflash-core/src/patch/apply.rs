@@ -7,7 +7,7 @@ use sha2::{Digest as _, Sha256};
 use super::body::{self, BodyDecoder, Position};
 use super::bsdiff::BsdiffApply;
 use super::format::{
-    BSDIFF_MAGIC, HEADER_LEN, Header, Kind, MAGIC, describe_magic, le_u32, le_u64,
+    BSDIFF_MAGIC, Header, Kind, MAX_HEADER_LEN, PREFIX_LEN, header_len, le_u32, le_u64,
 };
 use crate::io::{ImageSink, ReadAt};
 use crate::progress::{NoProgress, Operation, Progress, ProgressEvent};
@@ -18,7 +18,7 @@ pub const DEFAULT_READ_CACHE: usize = 256 << 10;
 /// The default ceiling on the applier's working memory.
 pub const DEFAULT_MAX_WORKING_SET: usize = 4 << 20;
 const CHECKPOINT_MAGIC: &[u8; 4] = b"OTCK";
-const CHECKPOINT_VERSION: u16 = 1;
+const CHECKPOINT_VERSION: u16 = 2;
 
 #[derive(Clone, Debug)]
 pub struct ApplyOptions {
@@ -115,13 +115,12 @@ pub struct Checkpoint {
     pub patch_offset: u64,
     pub output_offset: u64,
     pub frame_index: u32,
-    body_state: Vec<u8>,
     new_state: Vec<u8>,
 }
 
 impl Checkpoint {
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(HEADER_LEN + 64 + 2 * self.new_state.len());
+        let mut b = Vec::with_capacity(MAX_HEADER_LEN + 64 + self.new_state.len());
         b.extend_from_slice(CHECKPOINT_MAGIC);
         b.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
         b.extend_from_slice(&[0, 0]);
@@ -129,10 +128,8 @@ impl Checkpoint {
         b.extend_from_slice(&self.patch_offset.to_le_bytes());
         b.extend_from_slice(&self.output_offset.to_le_bytes());
         b.extend_from_slice(&self.frame_index.to_le_bytes());
-        for state in [&self.body_state, &self.new_state] {
-            b.extend_from_slice(&(state.len() as u32).to_le_bytes());
-            b.extend_from_slice(state);
-        }
+        b.extend_from_slice(&(self.new_state.len() as u32).to_le_bytes());
+        b.extend_from_slice(&self.new_state);
         let crc = crc32fast::hash(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         b
@@ -140,7 +137,7 @@ impl Checkpoint {
 
     pub fn from_bytes(b: &[u8]) -> Result<Self> {
         let bad = |what: &str| Error::InvalidArgument(format!("not a usable checkpoint: {what}"));
-        if b.len() < 8 + HEADER_LEN + 20 + 4 || &b[..4] != CHECKPOINT_MAGIC {
+        if b.len() < 8 + PREFIX_LEN + 24 + 4 || &b[..4] != CHECKPOINT_MAGIC {
             return Err(bad("wrong magic or too short"));
         }
         let (body, crc) = b.split_at(b.len() - 4);
@@ -150,26 +147,23 @@ impl Checkpoint {
         if u16::from_le_bytes([b[4], b[5]]) != CHECKPOINT_VERSION {
             return Err(bad("unknown version"));
         }
-        let header = Header::decode(&b[8..8 + HEADER_LEN])?;
-        let mut at = 8 + HEADER_LEN;
-        let patch_offset = le_u64(b, at);
-        let output_offset = le_u64(b, at + 8);
-        let frame_index = le_u32(b, at + 16);
-        at += 20;
-        let mut states = Vec::new();
-        for _ in 0..2 {
-            let len = body
-                .get(at..at + 4)
-                .map(|x| le_u32(x, 0) as usize)
-                .ok_or_else(|| bad("short"))?;
-            let state = body.get(at + 4..at + 4 + len).ok_or_else(|| bad("short"))?;
-            states.push(state.to_vec());
-            at += 4 + len;
-        }
-        let new_state = states.pop().unwrap_or_default();
-        let body_state = states.pop().unwrap_or_default();
-        if patch_offset < HEADER_LEN as u64
-            || patch_offset - HEADER_LEN as u64 > header.body_size
+        let header_end = 8 + header_len(&body[8..])?;
+        let header = Header::decode(body.get(8..header_end).ok_or_else(|| bad("short"))?)?;
+        let fixed = body
+            .get(header_end..header_end + 24)
+            .ok_or_else(|| bad("short"))?;
+        let patch_offset = le_u64(fixed, 0);
+        let output_offset = le_u64(fixed, 8);
+        let frame_index = le_u32(fixed, 16);
+        let state_len = le_u32(fixed, 20) as usize;
+        let new_state = body
+            .get(header_end + 24..)
+            .filter(|rest| rest.len() == state_len)
+            .ok_or_else(|| bad("its hash state has the wrong length"))?
+            .to_vec();
+        let header_len = header.encoded_len() as u64;
+        if patch_offset < header_len
+            || patch_offset - header_len > header.body_size
             || output_offset > header.new_size
             || frame_index > header.frame_count
         {
@@ -180,7 +174,6 @@ impl Checkpoint {
             patch_offset,
             output_offset,
             frame_index,
-            body_state,
             new_state,
         })
     }
@@ -188,11 +181,12 @@ impl Checkpoint {
 
 struct OursState {
     header: Header,
+    /// Where the body starts in the patch.
+    header_len: u64,
     body: BodyDecoder,
-    body_hash: Sha256,
     new_hash: Sha256,
-    /// The body hash and output hash at the decoder's last frame boundary.
-    boundary: (Position, Vec<u8>, Vec<u8>),
+    /// The output hash at the decoder's last frame boundary.
+    boundary: (Position, Vec<u8>),
 }
 
 enum Mode {
@@ -233,7 +227,7 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
             old,
             sink,
             options,
-            mode: Mode::Head(Vec::with_capacity(HEADER_LEN)),
+            mode: Mode::Head(Vec::with_capacity(MAX_HEADER_LEN)),
             fed: 0,
             resume: None,
             working_set: None,
@@ -289,13 +283,12 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
         let Mode::Ours(s) = &self.mode else {
             return None;
         };
-        let (pos, body_state, new_state) = &s.boundary;
+        let (pos, new_state) = &s.boundary;
         Some(Checkpoint {
             header: s.header.clone(),
-            patch_offset: HEADER_LEN as u64 + pos.body_pos,
+            patch_offset: s.header_len + pos.body_pos,
             output_offset: pos.out_pos,
             frame_index: pos.frame_index,
-            body_state: body_state.clone(),
             new_state: new_state.clone(),
         })
     }
@@ -330,12 +323,12 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
             if let Some(cp) = self.resume.take() {
                 self.mode = Mode::Ours(Box::new(self.start_resumed(cp, progress)?));
             } else {
-                let need = if buf.len() < 8 {
-                    8
-                } else if &buf[..8] == BSDIFF_MAGIC {
+                let need = if buf.len() < PREFIX_LEN {
+                    PREFIX_LEN
+                } else if buf.starts_with(BSDIFF_MAGIC) {
                     32
                 } else {
-                    HEADER_LEN
+                    header_len(buf)?
                 };
                 let take = (need - buf.len()).min(chunk.len());
                 buf.extend_from_slice(&chunk[..take]);
@@ -344,14 +337,11 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
                 if buf.len() < need {
                     return Ok(());
                 }
-                if need == 8 {
-                    if &buf[..8] != BSDIFF_MAGIC && &buf[..8] != MAGIC {
-                        return Err(Error::PatchForeign(describe_magic(buf)));
-                    }
+                if need == PREFIX_LEN {
                     return self.feed_inner(chunk, progress);
                 }
                 let head = std::mem::take(buf);
-                if need == 32 {
+                if head.starts_with(BSDIFF_MAGIC) {
                     self.mode =
                         Mode::Bsdiff(Box::new(BsdiffApply::new(&head, &self.old, &self.options)?));
                 } else {
@@ -361,7 +351,7 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
         }
         match &mut self.mode {
             Mode::Ours(state) => {
-                let left = state.header.body_size - (self.fed - HEADER_LEN as u64);
+                let left = state.header.body_size - (self.fed - state.header_len);
                 if chunk.len() as u64 > left {
                     return Err(Error::PatchCorrupt(format!(
                         "it is longer than its header says ({} bytes past the end)",
@@ -398,13 +388,12 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
             frame_index: 0,
         };
         let body = BodyDecoder::new(&header, self.options.read_cache, pos)?;
-        let body_hash = Sha256::new();
         let new_hash = Sha256::new();
-        let boundary = (pos, sha_state(&body_hash), sha_state(&new_hash));
+        let boundary = (pos, sha_state(&new_hash));
         Ok(OursState {
+            header_len: head.len() as u64,
             header,
             body,
-            body_hash,
             new_hash,
             boundary,
         })
@@ -414,20 +403,20 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
         let header = cp.header.clone();
         self.check_budget(&header)?;
         verify_old(&mut self.old, &header, progress)?;
+        let header_len = header.encoded_len() as u64;
         let pos = Position {
-            body_pos: cp.patch_offset - HEADER_LEN as u64,
+            body_pos: cp.patch_offset - header_len,
             out_pos: cp.output_offset,
             frame_index: cp.frame_index,
         };
         let body = BodyDecoder::new(&header, self.options.read_cache, pos)?;
-        let body_hash = sha_restore(&cp.body_state)?;
         let new_hash = sha_restore(&cp.new_state)?;
         Ok(OursState {
             header,
+            header_len,
             body,
-            body_hash,
             new_hash,
-            boundary: (pos, cp.body_state, cp.new_state),
+            boundary: (pos, cp.new_state),
         })
     }
 
@@ -477,24 +466,18 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
             Mode::Ours(state) => {
                 let OursState {
                     header,
+                    header_len,
                     body,
-                    body_hash,
                     new_hash,
                     ..
                 } = *state;
-                let body_seen = self.fed - HEADER_LEN as u64;
+                let body_seen = self.fed - header_len;
                 if body_seen < header.body_size || !body.is_complete() {
                     return Err(Error::PatchCorrupt(format!(
                         "it is truncated: it ended after {} of its {} bytes",
                         self.fed,
-                        HEADER_LEN as u64 + header.body_size
+                        header_len + header.body_size
                     )));
-                }
-                let body_digest: [u8; 32] = body_hash.finalize().into();
-                if body_digest != header.body_sha256 {
-                    return Err(Error::PatchCorrupt(
-                        "its body does not match the SHA-256 in its header".into(),
-                    ));
                 }
                 let new_digest: [u8; 32] = new_hash.finalize().into();
                 if new_digest != header.new_sha256 {
@@ -546,13 +529,12 @@ fn feed_ours(
     let total = state.header.new_size;
     let OursState {
         body,
-        body_hash,
         new_hash,
         boundary,
         ..
     } = state;
-    // Feed the decoder piecewise so the body hash can be captured exactly at
-    // each frame boundary.
+    // Feed the decoder piecewise so the output hash can be captured exactly
+    // at each frame boundary.
     let mut rest = chunk;
     while !rest.is_empty() {
         let before = body.boundary();
@@ -568,11 +550,10 @@ fn feed_ours(
         let step = frame_step(body, rest.len());
         let (piece, tail) = rest.split_at(step);
         body.push(piece, old, &mut emit)?;
-        body_hash.update(piece);
         rest = tail;
         let after = body.boundary();
         if after != before {
-            *boundary = (after, sha_state(body_hash), sha_state(new_hash));
+            *boundary = (after, sha_state(new_hash));
         }
     }
     Ok(())

@@ -7,7 +7,7 @@ use liblzma::stream::{Action, Filters, LzmaOptions, Status, Stream};
 use zstd::zstd_safe::{self, DCtx, DParameter, InBuffer, OutBuffer, ResetDirective};
 
 use super::format::{
-    Compression, FRAME_HEADER_LEN, FrameHeader, Header, RECORD_DENSITY, get_varint, unzigzag,
+    Compression, FrameHeader, Header, MAX_FRAME_HEADER_LEN, RECORD_DENSITY, get_varint, unzigzag,
 };
 use crate::io::ReadAt;
 use crate::{Error, Result};
@@ -213,6 +213,8 @@ struct Frame {
     raw_seen: u64,
     out_left: u64,
     crc: crc32fast::Hasher,
+    /// The CRC-32 the frame header stores (over its fields and the payload).
+    stored_crc: u32,
     codec_done: bool,
 }
 
@@ -345,7 +347,7 @@ impl BodyDecoder {
             staging: vec![0; STAGING],
             st_start: 0,
             st_end: 0,
-            frame_head: Vec::with_capacity(FRAME_HEADER_LEN),
+            frame_head: Vec::with_capacity(MAX_FRAME_HEADER_LEN),
             frame: None,
             block: vec![0; block],
             block_len: 0,
@@ -375,7 +377,8 @@ impl BodyDecoder {
     pub(crate) fn bytes_to_boundary(&self) -> Option<u64> {
         match &self.frame {
             Some(frame) => Some(frame.comp_left),
-            None => Some((FRAME_HEADER_LEN - self.frame_head.len()) as u64),
+            // Frame headers are a few bytes: take them one at a time.
+            None => Some(1),
         }
     }
 
@@ -410,13 +413,15 @@ impl BodyDecoder {
                         data.len()
                     )));
                 }
-                let take = (FRAME_HEADER_LEN - self.frame_head.len()).min(data.len());
+                // Bytes past the frame header stay in `data`: take what may
+                // belong to it, then give back what did not.
+                let had = self.frame_head.len();
+                let take = (MAX_FRAME_HEADER_LEN - had).min(data.len());
                 self.frame_head.extend_from_slice(&data[..take]);
-                data = &data[take..];
-                if self.frame_head.len() < FRAME_HEADER_LEN {
-                    return Ok(());
+                match self.start_frame()? {
+                    Some(len) => data = &data[len - had..],
+                    None => return Ok(()),
                 }
-                self.start_frame()?;
                 continue;
             }
             let take = {
@@ -430,7 +435,9 @@ impl BodyDecoder {
         Ok(())
     }
 
-    fn start_frame(&mut self) -> Result<()> {
+    /// Starts the frame whose header `frame_head` begins with: its header
+    /// length, or None until `frame_head` holds all of it.
+    fn start_frame(&mut self) -> Result<Option<usize>> {
         let out_left = self.header.new_size - self.pos.out_pos;
         if self.pos.frame_index >= self.header.frame_count {
             return Err(corrupt(format!(
@@ -438,18 +445,21 @@ impl BodyDecoder {
                 self.header.frame_count
             )));
         }
-        let fh = FrameHeader::decode(
+        let Some((fh, stored_crc, len)) = FrameHeader::decode(
             &self.frame_head,
             self.pos.frame_index,
             &self.header,
             out_left,
-        )?;
-        if fh.old_pos > self.header.old_size.max(self.old_space()) {
-            return Err(corrupt(format!(
-                "frame {} starts at old offset {} beyond the old image",
-                self.pos.frame_index, fh.old_pos
-            )));
-        }
+        )?
+        else {
+            if self.frame_head.len() >= MAX_FRAME_HEADER_LEN {
+                return Err(corrupt(format!(
+                    "frame {} header is damaged",
+                    self.pos.frame_index
+                )));
+            }
+            return Ok(None);
+        };
         self.frame_head.clear();
         self.codec.reset()?;
         self.st_start = 0;
@@ -461,11 +471,12 @@ impl BodyDecoder {
             comp_left: u64::from(fh.comp_len),
             raw_seen: 0,
             out_left: u64::from(fh.out_len),
-            crc: crc32fast::Hasher::new(),
+            crc: fh.crc_start(),
+            stored_crc,
             codec_done: false,
         });
-        self.pos.body_pos += FRAME_HEADER_LEN as u64;
-        Ok(())
+        self.pos.body_pos += len as u64;
+        Ok(Some(len))
     }
 
     /// The old-image space copies may address (in-place: the shifted slot).
@@ -576,10 +587,8 @@ impl BodyDecoder {
                 "frame {index} ends inside its compressed stream"
             )));
         }
-        if frame.crc.finalize() != frame.header.payload_crc {
-            return Err(corrupt(format!(
-                "frame {index} payload checksum does not match"
-            )));
+        if frame.crc.finalize() != frame.stored_crc {
+            return Err(corrupt(format!("frame {index} checksum does not match")));
         }
         if frame.raw_seen != u64::from(frame.header.raw_len)
             || frame.out_left != 0

@@ -1,4 +1,4 @@
-//! The otaflash patch format, version 1: constants, the header, the frame
+//! The otaflash patch format, version 2: constants, the header, the frame
 //! header and the varints of the block payload. `docs/patch-format.md` is the
 //! specification; this module is its reference implementation.
 
@@ -6,14 +6,26 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{Error, Result};
 
-pub const MAGIC: &[u8; 8] = b"OTAPATCH";
+pub const MAGIC: &[u8; 4] = b"OTAP";
+/// How version-1 patches (otaflash before the compact header) began.
+const MAGIC_V1: &[u8; 8] = b"OTAPATCH";
 pub const BSDIFF_MAGIC: &[u8; 8] = b"BSDIFF40";
-pub const VERSION: u16 = 1;
-pub const HEADER_LEN: usize = 160;
-pub const FRAME_HEADER_LEN: usize = 32;
-pub const FRAME_MAGIC: &[u8; 4] = b"OTFR";
+pub const VERSION: u8 = 2;
+/// Bytes that tell a patch's format and, for ours, its header length.
+pub const PREFIX_LEN: usize = 8;
+/// The fixed part of a header: magic, version, length, kind/flags, block
+/// log, window log.
+const FIXED_LEN: usize = 9;
+const HASH_LEN: usize = 32;
+const CRC_LEN: usize = 4;
+/// Shortest header: four one-byte varints, two digests, the CRC.
+pub const MIN_HEADER_LEN: usize = FIXED_LEN + 4 + 2 * HASH_LEN + CRC_LEN;
+/// Longest header: six ten-byte varints and the in-place body digest.
+pub const MAX_HEADER_LEN: usize = FIXED_LEN + 6 * 10 + 3 * HASH_LEN + CRC_LEN;
+/// Longest frame header: four ten-byte varints and the CRC.
+pub const MAX_FRAME_HEADER_LEN: usize = 4 * 10 + CRC_LEN;
 
-/// Output block limits: a block is the applier's output buffer.
+/// Output block limits: a block is the applier's output buffer, a power of two.
 pub const MIN_BLOCK_SIZE: u32 = 512;
 pub const MAX_BLOCK_SIZE: u32 = 16 << 20;
 /// zstd window limits (log2 bytes) a patch may declare.
@@ -93,12 +105,12 @@ impl Compression {
     }
 }
 
-/// The fixed 160-byte header at the start of every patch.
+/// The header at the start of every patch (81 to 169 bytes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
     pub kind: Kind,
     pub compression: Compression,
-    /// Output bytes per block (in-place: the flash erase block).
+    /// Output bytes per block (in-place: the flash erase block), a power of two.
     pub block_size: u32,
     /// log2 of the largest window (zstd) or dictionary (LZMA2) the body uses.
     pub window_log: u8,
@@ -109,29 +121,25 @@ pub struct Header {
     pub body_size: u64,
     pub old_sha256: [u8; 32],
     pub new_sha256: [u8; 32],
-    pub body_sha256: [u8; 32],
     /// In-place only: bytes the old image is moved up before patching (a
-    /// multiple of `block_size`), and the slot size the patch was made for.
+    /// multiple of `block_size`), the slot size the patch was made for, and
+    /// the body's SHA-256 (checked whole before the first write).
     pub shift: u64,
     pub slot_size: u64,
+    pub body_sha256: Option<[u8; 32]>,
     /// Each block says how its differences are stored: all of them, or only
     /// the runs of non-zero bytes (section 4 of docs/patch-format.md).
     pub sparse_diffs: bool,
     /// Literal bytes hold x86 CALL/JMP targets as absolute addresses
-    /// (section 5 of docs/patch-format.md; `branches::x86_decode`).
+    /// (section 4.1 of docs/patch-format.md; `branches::x86_decode`).
     pub x86_branches: bool,
 }
 
-/// Header flag (byte 17) bits: blocks carry a difference encoding; literals
-/// hold x86 branch targets absolute.
-const FLAG_SPARSE_DIFFS: u8 = 1;
-const FLAG_X86_BRANCHES: u8 = 2;
-
-fn le_u16(b: &[u8], at: usize) -> u16 {
-    let mut a = [0u8; 2];
-    a.copy_from_slice(&b[at..at + 2]);
-    u16::from_le_bytes(a)
-}
+/// Byte 6 of the header: kind in bits 0-1, compression in bits 2-3, then
+/// the flags: blocks carry a difference encoding; literals hold x86 branch
+/// targets absolute.
+const FLAG_SPARSE_DIFFS: u8 = 1 << 4;
+const FLAG_X86_BRANCHES: u8 = 1 << 5;
 
 pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
@@ -145,105 +153,180 @@ pub(crate) fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-fn hash32(b: &[u8], at: usize) -> [u8; 32] {
-    let mut a = [0u8; 32];
-    a.copy_from_slice(&b[at..at + 32]);
-    a
-}
-
 fn corrupt(what: impl Into<String>) -> Error {
     Error::PatchCorrupt(what.into())
 }
 
+/// Reads the fields of a header or frame header in order; every read is
+/// bounds-checked, so a short or damaged input is an error, never a panic.
+struct Fields<'a> {
+    b: &'a [u8],
+    at: usize,
+    what: &'static str,
+}
+
+impl<'a> Fields<'a> {
+    fn varint(&mut self) -> Result<u64> {
+        match get_varint(&self.b[self.at..])? {
+            Some((v, n)) => {
+                self.at += n;
+                Ok(v)
+            }
+            None => Err(corrupt(format!("its {} is truncated", self.what))),
+        }
+    }
+
+    fn bytes<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let part = self
+            .b
+            .get(self.at..self.at + N)
+            .ok_or_else(|| corrupt(format!("its {} is truncated", self.what)))?;
+        self.at += N;
+        let mut a = [0u8; N];
+        a.copy_from_slice(part);
+        Ok(a)
+    }
+}
+
+/// The length of the header a patch starting with `prefix` (at least
+/// [`PREFIX_LEN`] bytes) has; refuses foreign files and other versions.
+pub fn header_len(prefix: &[u8]) -> Result<usize> {
+    if prefix.len() < PREFIX_LEN {
+        return Err(corrupt(format!(
+            "it is truncated: it has {} bytes, shorter than any header",
+            prefix.len()
+        )));
+    }
+    if prefix.starts_with(MAGIC_V1) {
+        return Err(Error::PatchUnsupported(
+            "patch format version 1 (an earlier otaflash made it); this otaflash reads \
+             version 2: make the patch again with `otaflash diff`"
+                .into(),
+        ));
+    }
+    if &prefix[..4] != MAGIC {
+        return Err(Error::PatchForeign(describe_magic(prefix)));
+    }
+    if prefix[4] != VERSION {
+        return Err(Error::PatchUnsupported(format!(
+            "patch format version {}; this otaflash reads version {VERSION}",
+            prefix[4]
+        )));
+    }
+    let len = usize::from(prefix[5]);
+    if !(MIN_HEADER_LEN..=MAX_HEADER_LEN).contains(&len) {
+        return Err(corrupt(format!("its header length {len} is out of range")));
+    }
+    Ok(len)
+}
+
 impl Header {
-    pub fn encode(&self) -> [u8; HEADER_LEN] {
-        let mut b = [0u8; HEADER_LEN];
-        b[0..8].copy_from_slice(MAGIC);
-        b[8..10].copy_from_slice(&VERSION.to_le_bytes());
-        b[10] = self.kind.code();
-        b[11] = self.compression.code();
-        b[12..16].copy_from_slice(&self.block_size.to_le_bytes());
-        b[16] = self.window_log;
-        b[17] = if self.sparse_diffs {
-            FLAG_SPARSE_DIFFS
-        } else {
-            0
-        } | if self.x86_branches {
-            FLAG_X86_BRANCHES
-        } else {
-            0
-        };
-        b[20..24].copy_from_slice(&self.frame_count.to_le_bytes());
-        b[24..32].copy_from_slice(&self.old_size.to_le_bytes());
-        b[32..40].copy_from_slice(&self.new_size.to_le_bytes());
-        b[40..48].copy_from_slice(&self.body_size.to_le_bytes());
-        b[48..80].copy_from_slice(&self.old_sha256);
-        b[80..112].copy_from_slice(&self.new_sha256);
-        b[112..144].copy_from_slice(&self.body_sha256);
-        // 144..156: in-place geometry, stored in units of the block size.
-        let shift_blocks = self.shift / u64::from(self.block_size.max(1));
-        let slot_blocks = self.slot_size.div_ceil(u64::from(self.block_size.max(1)));
-        b[144..148].copy_from_slice(&(shift_blocks as u32).to_le_bytes());
-        b[148..152].copy_from_slice(&(slot_blocks as u32).to_le_bytes());
-        let crc = crc32fast::hash(&b[..HEADER_LEN - 4]);
-        b[HEADER_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(MAX_HEADER_LEN);
+        b.extend_from_slice(MAGIC);
+        b.push(VERSION);
+        b.push(0); // length, set below
+        let mut kind_flags = self.kind.code() | self.compression.code() << 2;
+        if self.sparse_diffs {
+            kind_flags |= FLAG_SPARSE_DIFFS;
+        }
+        if self.x86_branches {
+            kind_flags |= FLAG_X86_BRANCHES;
+        }
+        b.push(kind_flags);
+        b.push(self.block_size.trailing_zeros() as u8);
+        b.push(self.window_log);
+        put_varint(&mut b, u64::from(self.frame_count));
+        put_varint(&mut b, self.old_size);
+        put_varint(&mut b, self.new_size);
+        put_varint(&mut b, self.body_size);
+        if self.kind == Kind::InPlace {
+            let bs = u64::from(self.block_size.max(1));
+            put_varint(&mut b, self.shift / bs);
+            put_varint(&mut b, self.slot_size.div_ceil(bs));
+            b.extend_from_slice(&self.body_sha256.unwrap_or_default());
+        }
+        b.extend_from_slice(&self.old_sha256);
+        b.extend_from_slice(&self.new_sha256);
+        b[5] = (b.len() + CRC_LEN) as u8;
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
         b
     }
 
-    /// Parses and validates a header; every field is checked before use.
+    /// Bytes [`Header::encode`] makes.
+    pub fn encoded_len(&self) -> usize {
+        self.encode().len()
+    }
+
+    /// Parses and validates a header at the start of `b`; every field is
+    /// checked before use.
     pub fn decode(b: &[u8]) -> Result<Self> {
-        if b.len() < HEADER_LEN {
-            return Err(corrupt(format!(
-                "it is truncated: its header needs {HEADER_LEN} bytes, got {}",
+        let len = header_len(b)?;
+        let b = b.get(..len).ok_or_else(|| {
+            corrupt(format!(
+                "it is truncated: its header needs {len} bytes, got {}",
                 b.len()
-            )));
-        }
-        let b = &b[..HEADER_LEN];
-        if &b[0..8] != MAGIC {
-            return Err(Error::PatchForeign(describe_magic(b)));
-        }
-        let version = le_u16(b, 8);
-        if version != VERSION {
-            return Err(Error::PatchUnsupported(format!(
-                "patch format version {version}; this otaflash reads version {VERSION}"
-            )));
-        }
-        let crc = le_u32(b, HEADER_LEN - 4);
-        if crc32fast::hash(&b[..HEADER_LEN - 4]) != crc {
+            ))
+        })?;
+        let crc = le_u32(b, len - CRC_LEN);
+        if crc32fast::hash(&b[..len - CRC_LEN]) != crc {
             return Err(corrupt("its header checksum does not match (bit error?)"));
         }
-        let kind = Kind::from_code(b[10])
-            .ok_or_else(|| Error::PatchUnsupported(format!("patch kind {}", b[10])))?;
-        let compression = Compression::from_code(b[11])
-            .ok_or_else(|| Error::PatchUnsupported(format!("compression method {}", b[11])))?;
-        let block_size = le_u32(b, 12);
-        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
-            return Err(corrupt(format!("block size {block_size} is out of range")));
+        let kind = Kind::from_code(b[6] & 3)
+            .ok_or_else(|| Error::PatchUnsupported(format!("patch kind {}", b[6] & 3)))?;
+        let method = (b[6] >> 2) & 3;
+        let compression = Compression::from_code(method)
+            .ok_or_else(|| Error::PatchUnsupported(format!("compression method {method}")))?;
+        if b[6] & 0xc0 != 0 {
+            return Err(Error::PatchUnsupported(
+                "reserved header flags are set".into(),
+            ));
         }
-        let window_log = b[16];
+        let block_log = b[7];
+        if !(MIN_BLOCK_SIZE.trailing_zeros()..=MAX_BLOCK_SIZE.trailing_zeros())
+            .contains(&u32::from(block_log))
+        {
+            return Err(corrupt(format!("block size 2^{block_log} is out of range")));
+        }
+        let block_size = 1u32 << block_log;
+        let window_log = b[8];
         if !(MIN_WINDOW_LOG..=MAX_WINDOW_LOG).contains(&window_log) {
             return Err(corrupt(format!("window log {window_log} is out of range")));
         }
-        if b[17] & !(FLAG_SPARSE_DIFFS | FLAG_X86_BRANCHES) != 0
-            || b[18..20] != [0, 0]
-            || b[152..156] != [0, 0, 0, 0]
-        {
-            return Err(Error::PatchUnsupported(
-                "reserved header fields are set".into(),
-            ));
-        }
-        let frame_count = le_u32(b, 20);
-        let old_size = le_u64(b, 24);
-        let new_size = le_u64(b, 32);
-        let body_size = le_u64(b, 40);
+        let mut f = Fields {
+            b: &b[..len - CRC_LEN],
+            at: FIXED_LEN,
+            what: "header",
+        };
+        let frame_count =
+            u32::try_from(f.varint()?).map_err(|_| corrupt("its frame count is absurd"))?;
+        let old_size = f.varint()?;
+        let new_size = f.varint()?;
+        let body_size = f.varint()?;
         for (name, size) in [("old", old_size), ("new", new_size), ("body", body_size)] {
             if size > MAX_IMAGE_SIZE {
                 return Err(corrupt(format!("absurd {name} size {size}")));
             }
         }
-        let bs = u64::from(block_size);
-        let shift = u64::from(le_u32(b, 144)) * bs;
-        let slot_size = u64::from(le_u32(b, 148)) * bs;
+        let (shift, slot_size, body_sha256) = if kind == Kind::InPlace {
+            let bs = u64::from(block_size);
+            let blocks = MAX_IMAGE_SIZE / bs;
+            let (shift_blocks, slot_blocks) = (f.varint()?, f.varint()?);
+            if shift_blocks > blocks || slot_blocks > blocks {
+                return Err(corrupt("its in-place geometry is absurd"));
+            }
+            (shift_blocks * bs, slot_blocks * bs, Some(f.bytes()?))
+        } else {
+            (0, 0, None)
+        };
+        let old_sha256 = f.bytes()?;
+        let new_sha256 = f.bytes()?;
+        if f.at != len - CRC_LEN {
+            return Err(corrupt(format!(
+                "its header length {len} does not match its fields"
+            )));
+        }
         let header = Self {
             kind,
             compression,
@@ -253,13 +336,13 @@ impl Header {
             old_size,
             new_size,
             body_size,
-            old_sha256: hash32(b, 48),
-            new_sha256: hash32(b, 80),
-            body_sha256: hash32(b, 112),
+            old_sha256,
+            new_sha256,
             shift,
             slot_size,
-            sparse_diffs: b[17] & FLAG_SPARSE_DIFFS != 0,
-            x86_branches: b[17] & FLAG_X86_BRANCHES != 0,
+            body_sha256,
+            sparse_diffs: b[6] & FLAG_SPARSE_DIFFS != 0,
+            x86_branches: b[6] & FLAG_X86_BRANCHES != 0,
         };
         header.check_geometry()?;
         Ok(header)
@@ -274,9 +357,6 @@ impl Header {
             )));
         }
         match self.kind {
-            Kind::Sequential if self.shift != 0 || self.slot_size != 0 => {
-                Err(corrupt("a sequential patch carries in-place geometry"))
-            }
             Kind::InPlace
                 if self.slot_size < self.new_size
                     || self.slot_size < self.shift.saturating_add(self.old_size) =>
@@ -291,7 +371,8 @@ impl Header {
     }
 
     /// Identifies the update: SHA-256 of the encoded header (which holds the
-    /// old, new and body digests). In-place progress is recorded under it.
+    /// old and new digests and, in place, the body's). In-place progress is
+    /// recorded under it.
     pub fn patch_id(&self) -> [u8; 32] {
         Sha256::digest(self.encode()).into()
     }
@@ -329,7 +410,8 @@ pub fn describe_magic(b: &[u8]) -> String {
     }
 }
 
-/// The 32-byte header in front of every compressed frame.
+/// The header in front of every compressed frame: four varints and a CRC-32
+/// that covers them and the payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameHeader {
     /// Output bytes the frame produces.
@@ -340,41 +422,78 @@ pub struct FrameHeader {
     pub raw_len: u32,
     /// Position in the old image at the start of the frame.
     pub old_pos: u64,
-    /// CRC-32 of the compressed payload.
-    pub payload_crc: u32,
 }
 
 impl FrameHeader {
-    pub fn encode(&self) -> [u8; FRAME_HEADER_LEN] {
-        let mut b = [0u8; FRAME_HEADER_LEN];
-        b[0..4].copy_from_slice(FRAME_MAGIC);
-        b[4..8].copy_from_slice(&self.out_len.to_le_bytes());
-        b[8..12].copy_from_slice(&self.comp_len.to_le_bytes());
-        b[12..16].copy_from_slice(&self.raw_len.to_le_bytes());
-        b[16..24].copy_from_slice(&self.old_pos.to_le_bytes());
-        b[24..28].copy_from_slice(&self.payload_crc.to_le_bytes());
-        let crc = crc32fast::hash(&b[..28]);
-        b[28..32].copy_from_slice(&crc.to_le_bytes());
+    fn fields(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(MAX_FRAME_HEADER_LEN);
+        for v in [self.out_len, self.comp_len, self.raw_len] {
+            put_varint(&mut b, u64::from(v));
+        }
+        put_varint(&mut b, self.old_pos);
         b
     }
 
-    /// Parses frame `index` and checks it against what is left to produce.
-    pub fn decode(b: &[u8], index: u32, header: &Header, out_left: u64) -> Result<Self> {
-        let b = b
-            .get(..FRAME_HEADER_LEN)
-            .ok_or_else(|| corrupt(format!("frame {index} header is truncated")))?;
-        if &b[0..4] != FRAME_MAGIC || crc32fast::hash(&b[..28]) != le_u32(b, 28) {
-            return Err(corrupt(format!("frame {index} header is damaged")));
+    /// The frame header for `payload`, CRC included.
+    pub fn encode(&self, payload: &[u8]) -> Vec<u8> {
+        let mut b = self.fields();
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&b);
+        crc.update(payload);
+        b.extend_from_slice(&crc.finalize().to_le_bytes());
+        b
+    }
+
+    /// Starts the frame's CRC-32: it covers these fields, then the payload.
+    pub fn crc_start(&self) -> crc32fast::Hasher {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&self.fields());
+        crc
+    }
+
+    /// Parses frame `index` from the start of `b` and checks it against what
+    /// is left to produce: `Ok(None)` while `b` ends inside it, else the
+    /// header, its stored CRC and its length. The CRC is checked when the
+    /// payload has been read ([`FrameHeader::crc_start`]).
+    pub fn decode(
+        b: &[u8],
+        index: u32,
+        header: &Header,
+        out_left: u64,
+    ) -> Result<Option<(Self, u32, usize)>> {
+        let mut values = [0u64; 4];
+        let mut at = 0;
+        for v in &mut values {
+            match get_varint(&b[at..])? {
+                Some((x, n)) => {
+                    *v = x;
+                    at += n;
+                }
+                None if b.len() - at >= 10 => {
+                    return Err(corrupt(format!("frame {index} header is damaged")));
+                }
+                None => return Ok(None),
+            }
         }
-        let frame = Self {
-            out_len: le_u32(b, 4),
-            comp_len: le_u32(b, 8),
-            raw_len: le_u32(b, 12),
-            old_pos: le_u64(b, 16),
-            payload_crc: le_u32(b, 24),
+        let Some(crc) = b.get(at..at + CRC_LEN) else {
+            return Ok(None);
         };
-        let out_len = u64::from(frame.out_len);
-        if out_len == 0 || out_len > out_left || frame.comp_len == 0 {
+        let crc = le_u32(crc, 0);
+        let [out_len, comp_len, raw_len, old_pos] = values;
+        let damaged = || corrupt(format!("frame {index} header is damaged"));
+        let frame = Self {
+            out_len: u32::try_from(out_len).map_err(|_| damaged())?,
+            comp_len: u32::try_from(comp_len).map_err(|_| damaged())?,
+            raw_len: u32::try_from(raw_len).map_err(|_| damaged())?,
+            old_pos,
+        };
+        frame.check(index, header, out_left)?;
+        Ok(Some((frame, crc, at + CRC_LEN)))
+    }
+
+    fn check(&self, index: u32, header: &Header, out_left: u64) -> Result<()> {
+        let out_len = u64::from(self.out_len);
+        if out_len == 0 || out_len > out_left || self.comp_len == 0 {
             return Err(corrupt(format!(
                 "frame {index} declares {out_len} output bytes, {out_left} remain to be made"
             )));
@@ -384,22 +503,27 @@ impl FrameHeader {
                 "frame {index} ends inside a block ({out_len} bytes)"
             )));
         }
-        if u64::from(frame.raw_len) > header.max_raw_len(out_len) {
+        if u64::from(self.raw_len) > header.max_raw_len(out_len) {
             return Err(corrupt(format!(
                 "frame {index} declares {} payload bytes for {out_len} output bytes",
-                frame.raw_len
+                self.raw_len
             )));
         }
-        if header.compression == Compression::None && frame.comp_len != frame.raw_len {
+        if header.compression == Compression::None && self.comp_len != self.raw_len {
             return Err(corrupt(format!("frame {index} sizes disagree")));
         }
         // zstd never expands beyond raw + raw/128 + a small constant.
-        if u64::from(frame.comp_len)
-            > u64::from(frame.raw_len) + u64::from(frame.raw_len) / 128 + 1024
+        if u64::from(self.comp_len) > u64::from(self.raw_len) + u64::from(self.raw_len) / 128 + 1024
         {
             return Err(corrupt(format!("frame {index} payload size is absurd")));
         }
-        Ok(frame)
+        if self.old_pos > header.old_size {
+            return Err(corrupt(format!(
+                "frame {index} starts at old offset {} beyond the old image",
+                self.old_pos
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -455,24 +579,90 @@ mod tests {
             body_size: 50,
             old_sha256: [1; 32],
             new_sha256: [2; 32],
-            body_sha256: [3; 32],
             shift: 0,
             slot_size: 0,
+            body_sha256: None,
             sparse_diffs: false,
             x86_branches: false,
         }
     }
 
+    fn in_place_sample() -> Header {
+        Header {
+            kind: Kind::InPlace,
+            compression: Compression::Lzma2,
+            shift: 8192,
+            slot_size: 1 << 20,
+            body_sha256: Some([3; 32]),
+            sparse_diffs: true,
+            x86_branches: true,
+            ..sample()
+        }
+    }
+
     #[test]
     fn header_round_trips_and_rejects_every_single_bit_flip() {
-        let h = sample();
-        let bytes = h.encode();
-        assert_eq!(Header::decode(&bytes).unwrap(), h);
-        for bit in 0..HEADER_LEN * 8 {
-            let mut b = bytes;
-            b[bit / 8] ^= 1 << (bit % 8);
-            assert!(Header::decode(&b).is_err(), "bit {bit}");
+        for h in [sample(), in_place_sample()] {
+            let bytes = h.encode();
+            assert_eq!(bytes.len(), h.encoded_len());
+            assert_eq!(header_len(&bytes).unwrap(), bytes.len());
+            assert_eq!(Header::decode(&bytes).unwrap(), h);
+            for bit in 0..bytes.len() * 8 {
+                let mut b = bytes.clone();
+                b[bit / 8] ^= 1 << (bit % 8);
+                assert!(Header::decode(&b).is_err(), "bit {bit}");
+            }
+            for cut in 0..bytes.len() {
+                assert!(Header::decode(&bytes[..cut]).is_err(), "cut {cut}");
+            }
         }
+        // A sequential patch's header: 81 bytes plus its varints.
+        assert_eq!(sample().encoded_len(), MIN_HEADER_LEN + 1);
+    }
+
+    #[test]
+    fn version_one_patches_are_named() {
+        let mut v1 = b"OTAPATCH".to_vec();
+        v1.extend_from_slice(&[1, 0, 1, 1]);
+        let err = Header::decode(&v1).unwrap_err().to_string();
+        assert!(err.contains("version 1"), "{err}");
+        let err = Header::decode(b"\x28\xb5\x2f\xfd0000")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("zstd"), "{err}");
+    }
+
+    #[test]
+    fn frame_header_round_trips_and_its_crc_covers_it() {
+        let h = sample();
+        let fh = FrameHeader {
+            out_len: 200,
+            comp_len: 3,
+            raw_len: 300,
+            old_pos: 7,
+        };
+        let payload = [9u8, 8, 7];
+        let bytes = fh.encode(&payload);
+        for cut in 0..bytes.len() {
+            assert_eq!(
+                FrameHeader::decode(&bytes[..cut], 0, &h, 200).unwrap(),
+                None
+            );
+        }
+        let (got, crc, len) = FrameHeader::decode(&bytes, 0, &h, 200).unwrap().unwrap();
+        assert_eq!((got, len), (fh, bytes.len()));
+        let mut check = got.crc_start();
+        check.update(&payload);
+        assert_eq!(check.finalize(), crc);
+        // A flipped size either fails the checks or changes the CRC input.
+        let mut bad = bytes.clone();
+        bad[0] ^= 1;
+        if let Ok(Some((f, c, _))) = FrameHeader::decode(&bad, 0, &h, 200) {
+            let mut check = f.crc_start();
+            check.update(&payload);
+            assert_ne!(check.finalize(), c);
+        }
+        assert!(FrameHeader::decode(&bytes, 0, &h, 100).is_err());
     }
 
     #[test]

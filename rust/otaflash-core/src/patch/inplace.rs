@@ -18,7 +18,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::apply::{ApplyOptions, ApplyReport, hex, verify_old};
 use super::body::{self, BodyDecoder, Position};
-use super::format::{FRAME_HEADER_LEN, FrameHeader, HEADER_LEN, Header, Kind};
+use super::format::{FrameHeader, Header, Kind, MAX_FRAME_HEADER_LEN, PREFIX_LEN, header_len};
 use crate::inplace::InPlaceTarget;
 use crate::io::ReadAt;
 use crate::progress::{Operation, Progress, ProgressEvent};
@@ -80,7 +80,9 @@ pub fn apply_in_place<T: InPlaceTarget>(
     options: &ApplyOptions,
     progress: &mut dyn Progress,
 ) -> Result<ApplyReport> {
-    let header = Header::decode(&read_patch(patch, 0, HEADER_LEN)?)?;
+    let len = header_len(&read_patch(patch, 0, PREFIX_LEN)?)?;
+    let header = Header::decode(&read_patch(patch, 0, len)?)?;
+    let body_start = len as u64;
     if header.kind != Kind::InPlace {
         return Err(Error::PatchUnsupported(
             "this is a sequential patch: it writes a new image elsewhere, not in place".into(),
@@ -108,14 +110,14 @@ pub fn apply_in_place<T: InPlaceTarget>(
             options.max_working_set / 1024
         )));
     }
-    let total_len = HEADER_LEN as u64 + header.body_size;
+    let total_len = body_start + header.body_size;
     if patch.size() != total_len {
         return Err(Error::PatchCorrupt(format!(
             "the patch has {} bytes, its header says {total_len}",
             patch.size()
         )));
     }
-    verify_body(patch, &header)?;
+    verify_body(patch, &header, body_start)?;
 
     let id = header.patch_id();
     let (shift_steps, patch_steps) = in_place_steps(&header);
@@ -156,7 +158,7 @@ pub fn apply_in_place<T: InPlaceTarget>(
     // block not yet done.
     let first = done - shift_steps;
     if first < patch_steps {
-        let (pos, _) = find_frame(patch, &header, first * bs)?;
+        let pos = find_frame(patch, &header, body_start, first * bs)?;
         let cell = RefCell::new(&mut *target);
         let mut old = Shifted {
             target: &cell,
@@ -180,7 +182,7 @@ pub fn apply_in_place<T: InPlaceTarget>(
                 drop(t);
                 report(progress, step)
             };
-            let mut at = HEADER_LEN as u64 + pos.body_pos;
+            let mut at = body_start + pos.body_pos;
             let mut piece = vec![0u8; PIECE];
             while at < total_len {
                 let n = (total_len - at).min(PIECE as u64) as usize;
@@ -229,11 +231,11 @@ pub fn apply_in_place<T: InPlaceTarget>(
     })
 }
 
-fn verify_body(patch: &mut dyn ReadAt, header: &Header) -> Result<()> {
+fn verify_body(patch: &mut dyn ReadAt, header: &Header, body_start: u64) -> Result<()> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; PIECE];
-    let mut at = HEADER_LEN as u64;
-    let end = HEADER_LEN as u64 + header.body_size;
+    let mut at = body_start;
+    let end = body_start + header.body_size;
     while at < end {
         let n = (end - at).min(PIECE as u64) as usize;
         patch.read_exact_at(at, &mut buf[..n])?;
@@ -241,7 +243,7 @@ fn verify_body(patch: &mut dyn ReadAt, header: &Header) -> Result<()> {
         at += n as u64;
     }
     let got: [u8; 32] = hasher.finalize().into();
-    if got != header.body_sha256 {
+    if Some(got) != header.body_sha256 {
         return Err(Error::PatchCorrupt(
             "its body does not match the SHA-256 in its header; nothing was written".into(),
         ));
@@ -249,24 +251,34 @@ fn verify_body(patch: &mut dyn ReadAt, header: &Header) -> Result<()> {
     Ok(())
 }
 
-/// The frame holding output offset `out`: its position, and its header.
+/// The position of the frame holding output offset `out`.
 fn find_frame(
     patch: &mut dyn ReadAt,
     header: &Header,
+    body_start: u64,
     out: u64,
-) -> Result<(Position, FrameHeader)> {
+) -> Result<Position> {
     let mut pos = Position {
         body_pos: 0,
         out_pos: 0,
         frame_index: 0,
     };
     loop {
-        let raw = read_patch(patch, HEADER_LEN as u64 + pos.body_pos, FRAME_HEADER_LEN)?;
-        let fh = FrameHeader::decode(&raw, pos.frame_index, header, header.new_size - pos.out_pos)?;
+        let at = body_start + pos.body_pos;
+        let len = (patch.size().saturating_sub(at)).min(MAX_FRAME_HEADER_LEN as u64) as usize;
+        let raw = read_patch(patch, at, len)?;
+        let out_left = header.new_size - pos.out_pos;
+        let Some((fh, _, fh_len)) = FrameHeader::decode(&raw, pos.frame_index, header, out_left)?
+        else {
+            return Err(Error::PatchCorrupt(format!(
+                "frame {} header is truncated",
+                pos.frame_index
+            )));
+        };
         if out < pos.out_pos + u64::from(fh.out_len) {
-            return Ok((pos, fh));
+            return Ok(pos);
         }
-        pos.body_pos += FRAME_HEADER_LEN as u64 + u64::from(fh.comp_len);
+        pos.body_pos += fh_len as u64 + u64::from(fh.comp_len);
         pos.out_pos += u64::from(fh.out_len);
         pos.frame_index += 1;
     }

@@ -32,6 +32,19 @@ pub fn inspect(head: &[u8]) -> crate::Result<PatchSummary> {
     Ok(PatchSummary::Otaflash(Header::decode(head)?))
 }
 
+/// How many first bytes of a patch [`inspect`] needs: known from the first
+/// [`format::PREFIX_LEN`] bytes (a prefix it cannot read needs no more: the
+/// applier names the problem).
+pub fn head_len(head: &[u8]) -> usize {
+    if head.len() < format::PREFIX_LEN {
+        format::PREFIX_LEN
+    } else if head.starts_with(format::BSDIFF_MAGIC) {
+        32
+    } else {
+        format::header_len(head).unwrap_or(format::PREFIX_LEN)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PatchSummary {
     Otaflash(Header),

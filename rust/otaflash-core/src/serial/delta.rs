@@ -14,8 +14,7 @@
 
 use crate::flash::ImageInfo;
 use crate::io::{ImageSink, ReadAt};
-use crate::patch::format::HEADER_LEN;
-use crate::patch::{Applier, ApplyOptions, PatchSummary, inspect};
+use crate::patch::{Applier, ApplyOptions, PatchSummary, head_len, inspect};
 use crate::serial::hex;
 use crate::{Error, Result};
 
@@ -55,7 +54,7 @@ impl DeltaEngine for PatchEngine {
         Ok(Box::new(EngineApplier {
             applier: Applier::new(old, out, self.options.clone()),
             announced: image,
-            head: Some(Vec::with_capacity(HEADER_LEN)),
+            head: Some(Vec::new()),
         }))
     }
 }
@@ -109,7 +108,7 @@ impl PatchApplier for EngineApplier {
         match &mut self.head {
             Some(head) => {
                 head.extend_from_slice(chunk);
-                if head.len() >= HEADER_LEN {
+                if head.len() >= head_len(head) {
                     self.release_head()?;
                 }
                 Ok(())
