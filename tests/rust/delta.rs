@@ -283,6 +283,38 @@ fn lying_headers_are_refused() {
 }
 
 #[test]
+fn the_hash_thread_runs_within_the_budget_and_gives_the_same_result() {
+    let (old, new) = pair(100_000, 9);
+    let patch = diff(&old, &new, &small_opts()).unwrap();
+    let apply = |options: ApplyOptions| {
+        let mut applier = Applier::new(old.as_slice(), Vec::new(), options);
+        for chunk in patch.chunks(3000) {
+            applier.feed(chunk).unwrap();
+        }
+        let report = applier.finish().unwrap();
+        let working_set = applier.working_set().unwrap();
+        assert_eq!(applier.into_parts().1, new);
+        (report, working_set)
+    };
+    let (inline, inline_set) = apply(ApplyOptions {
+        hash_thread: false,
+        ..ApplyOptions::default()
+    });
+    let (threaded, threaded_set) = apply(ApplyOptions::default());
+    assert_eq!(inline, threaded);
+    if std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
+        // The thread holds one block of 4096 bytes.
+        assert_eq!(threaded_set, inline_set + 4096);
+    }
+    // A budget without room for that block hashes inline.
+    let (_, tight_set) = apply(ApplyOptions {
+        max_working_set: inline_set,
+        ..ApplyOptions::default()
+    });
+    assert_eq!(tight_set, inline_set);
+}
+
+#[test]
 fn working_set_is_bounded_and_enforced() {
     let (old, new) = pair(100_000, 6);
     let opts = DiffOptions {

@@ -4,6 +4,7 @@
 //! SHA-1/SHA-256 come from RustCrypto (SHA-NI at run time) and CRC-32 from
 //! crc32fast (PCLMULQDQ); MD5 is [`md5::Md5`], see there for why.
 
+pub mod background;
 mod file;
 pub mod md5;
 

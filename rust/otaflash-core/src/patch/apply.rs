@@ -9,6 +9,7 @@ use super::bsdiff::BsdiffApply;
 use super::format::{
     BSDIFF_MAGIC, Header, Kind, MAX_HEADER_LEN, PREFIX_LEN, header_len, le_u32, le_u64,
 };
+use crate::hash::background::BackgroundSha256;
 use crate::io::{ImageSink, ReadAt};
 use crate::progress::{NoProgress, Operation, Progress, ProgressEvent};
 use crate::{Error, Result};
@@ -30,6 +31,10 @@ pub struct ApplyOptions {
     /// BSDIFF40 only: its control and diff streams must be held compressed
     /// until its extra stream arrives; a patch needing more is refused.
     pub bsdiff_buffer_limit: usize,
+    /// Hash the new image on a second thread, one block behind the decoder,
+    /// when the machine has a second core, the image is larger than a few
+    /// blocks and the working-set limit has room for one more block.
+    pub hash_thread: bool,
 }
 
 impl Default for ApplyOptions {
@@ -38,6 +43,7 @@ impl Default for ApplyOptions {
             max_working_set: DEFAULT_MAX_WORKING_SET,
             read_cache: DEFAULT_READ_CACHE,
             bsdiff_buffer_limit: 256 << 20,
+            hash_thread: true,
         }
     }
 }
@@ -179,12 +185,74 @@ impl Checkpoint {
     }
 }
 
+/// The new image's SHA-256, on this thread or on its own.
+enum OutputHash {
+    Inline(Sha256),
+    Background(BackgroundSha256),
+}
+
+impl OutputHash {
+    fn new(hasher: Sha256, header: &Header, options: &ApplyOptions) -> Result<Self> {
+        if hash_thread(header, options) {
+            let block = header.block_size as usize;
+            Ok(Self::Background(BackgroundSha256::spawn(hasher, block)?))
+        } else {
+            Ok(Self::Inline(hasher))
+        }
+    }
+
+    fn update(&mut self, block: &[u8]) -> Result<()> {
+        match self {
+            Self::Inline(h) => h.update(block),
+            Self::Background(h) => h.update(block)?,
+        }
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<Vec<u8>> {
+        match self {
+            Self::Inline(h) => Ok(sha_state(h)),
+            Self::Background(h) => h.state(),
+        }
+    }
+
+    fn finalize(self) -> Result<[u8; 32]> {
+        match self {
+            Self::Inline(h) => Ok(h.finalize().into()),
+            Self::Background(h) => h.finalize(),
+        }
+    }
+}
+
+/// Images of fewer blocks than this are hashed inline: a thread would cost
+/// more than it saves.
+const HASH_THREAD_MIN_BLOCKS: u64 = 4;
+
+fn hash_thread(header: &Header, options: &ApplyOptions) -> bool {
+    let block = header.block_size as usize;
+    options.hash_thread
+        && header.new_size >= HASH_THREAD_MIN_BLOCKS * u64::from(header.block_size)
+        && body::working_set(header, options.read_cache) + block <= options.max_working_set
+        && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1)
+}
+
+/// Working memory of applying `header`'s patch: the decoder's, and the
+/// hashing thread's block if it runs.
+fn working_set(header: &Header, options: &ApplyOptions) -> usize {
+    let hashing = if hash_thread(header, options) {
+        header.block_size as usize
+    } else {
+        0
+    };
+    body::working_set(header, options.read_cache) + hashing
+}
+
 struct OursState {
     header: Header,
     /// Where the body starts in the patch.
     header_len: u64,
     body: BodyDecoder,
-    new_hash: Sha256,
+    new_hash: OutputHash,
     /// The output hash at the decoder's last frame boundary.
     boundary: (Position, Vec<u8>),
 }
@@ -270,7 +338,7 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
     /// Working memory of this apply, once the header is known.
     pub fn working_set(&self) -> Option<usize> {
         match &self.mode {
-            Mode::Ours(s) => Some(body::working_set(&s.header, self.options.read_cache)),
+            Mode::Ours(s) => Some(working_set(&s.header, &self.options)),
             Mode::Bsdiff(b) => Some(b.working_set()),
             _ => self.working_set,
         }
@@ -388,8 +456,8 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
             frame_index: 0,
         };
         let body = BodyDecoder::new(&header, self.options.read_cache, pos)?;
-        let new_hash = Sha256::new();
-        let boundary = (pos, sha_state(&new_hash));
+        let boundary = (pos, sha_state(&Sha256::new()));
+        let new_hash = OutputHash::new(Sha256::new(), &header, &self.options)?;
         Ok(OursState {
             header_len: head.len() as u64,
             header,
@@ -410,7 +478,7 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
             frame_index: cp.frame_index,
         };
         let body = BodyDecoder::new(&header, self.options.read_cache, pos)?;
-        let new_hash = sha_restore(&cp.new_state)?;
+        let new_hash = OutputHash::new(sha_restore(&cp.new_state)?, &header, &self.options)?;
         Ok(OursState {
             header,
             header_len,
@@ -450,7 +518,7 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
 
     fn finish_mode(&mut self, mode: Mode, progress: &mut dyn Progress) -> Result<ApplyReport> {
         self.working_set = match &mode {
-            Mode::Ours(s) => Some(body::working_set(&s.header, self.options.read_cache)),
+            Mode::Ours(s) => Some(working_set(&s.header, &self.options)),
             Mode::Bsdiff(b) => Some(b.working_set()),
             _ => self.working_set,
         };
@@ -479,7 +547,7 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
                         header_len + header.body_size
                     )));
                 }
-                let new_digest: [u8; 32] = new_hash.finalize().into();
+                let new_digest = new_hash.finalize()?;
                 if new_digest != header.new_sha256 {
                     return Err(Error::Verify {
                         subject: "patched image".into(),
@@ -539,7 +607,7 @@ fn feed_ours(
     while !rest.is_empty() {
         let before = body.boundary();
         let mut emit = |offset: u64, block: &[u8]| -> Result<()> {
-            new_hash.update(block);
+            new_hash.update(block)?;
             sink.write(block)?;
             progress.report(ProgressEvent {
                 operation: Operation::Patch,
@@ -553,7 +621,7 @@ fn feed_ours(
         rest = tail;
         let after = body.boundary();
         if after != before {
-            *boundary = (after, sha_state(new_hash));
+            *boundary = (after, new_hash.state()?);
         }
     }
     Ok(())
