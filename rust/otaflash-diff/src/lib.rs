@@ -260,15 +260,10 @@ pub fn diff_with(
         + usize::from(try_x86)
         + if lc_trials { LC_TRIALS.len() - 1 } else { 0 }) as u64;
     let monitor = Monitor::new(new.len() as u64 * (passes + 1) + 1);
-    // With several candidates, rank them by a fast compression and compress
-    // only the winner at the requested level.
-    let ranking = DiffOptions {
-        level: opts.level.min(RANKING_LEVEL),
-        ..opts.clone()
-    };
-    // (LZMA2 ranks with itself: zstd's ranking does not predict it.)
-    let rerank = thresholds.len() > 1 && opts.compression == Compression::Zstd;
-    let rank_opts = if rerank { &ranking } else { opts };
+    // With several candidates, rank them by a fast setting of the codec and
+    // compress only the winner at the requested level.
+    let rerank = thresholds.len() > 1;
+    let effort = if rerank { Effort::Rank } else { Effort::Final };
     let mut best: Option<Candidate> = None;
     // The records of the best candidate, for the x86 trial.
     let mut best_records = Vec::new();
@@ -280,8 +275,15 @@ pub fn diff_with(
         }
         for &sparse in layouts {
             let frames = build_frames(old, new, &records, opts, sparse, x86)?;
-            let compressed =
-                compress_frames(&frames, rank_opts, lc_for(x86), threads, &monitor, progress)?;
+            let compressed = compress_frames(
+                &frames,
+                opts,
+                effort,
+                |_| lc_for(x86),
+                threads,
+                &monitor,
+                progress,
+            )?;
             let candidate = Candidate {
                 frames,
                 compressed,
@@ -297,8 +299,9 @@ pub fn diff_with(
         let frames = build_frames(old, new, &best_records, opts, sparse, true)?;
         let compressed = compress_frames(
             &frames,
-            rank_opts,
-            lc_for(true),
+            opts,
+            effort,
+            |_| lc_for(true),
             threads,
             &monitor,
             progress,
@@ -312,18 +315,38 @@ pub fn diff_with(
         .replaces(&mut best);
     }
     if rerank && let Some(b) = best.as_mut() {
-        b.compressed =
-            compress_frames(&b.frames, opts, lc_for(b.x86), threads, &monitor, progress)?;
-    }
-    if lc_trials && let Some(b) = best.as_mut() {
-        for lc in LC_TRIALS.into_iter().filter(|&lc| lc != lc_for(b.x86)) {
-            let other = compress_frames(&b.frames, opts, lc, threads, &monitor, progress)?;
-            for (kept, tried) in b.compressed.iter_mut().zip(other) {
-                if tried.len() < kept.len() {
-                    *kept = tried;
+        // Small LZMA2 images pick each frame's literal context bits by the
+        // ranking too (b.compressed holds ranking sizes here).
+        let mut lcs = vec![lc_for(b.x86); b.frames.len()];
+        if lc_trials {
+            let mut sizes: Vec<usize> = b.compressed.iter().map(Vec::len).collect();
+            for lc in LC_TRIALS.into_iter().filter(|&lc| lc != lc_for(b.x86)) {
+                let tried = compress_frames(
+                    &b.frames,
+                    opts,
+                    Effort::Rank,
+                    |_| lc,
+                    threads,
+                    &monitor,
+                    progress,
+                )?;
+                for (i, payload) in tried.iter().enumerate() {
+                    if payload.len() < sizes[i] {
+                        sizes[i] = payload.len();
+                        lcs[i] = lc;
+                    }
                 }
             }
         }
+        b.compressed = compress_frames(
+            &b.frames,
+            opts,
+            Effort::Final,
+            |i| lcs[i],
+            threads,
+            &monitor,
+            progress,
+        )?;
     }
     let Candidate {
         frames,
@@ -419,7 +442,9 @@ fn pick_matching(
     let sample_size = |records: &[Record], sample: &[u8], x86: bool| -> Result<u64> {
         build_frames(old, sample, records, &ranking, false, x86)?
             .iter()
-            .map(|f| compress_one(&f.raw, &ranking, LC_DIFFS).map(|c| c.len() as u64))
+            .map(|f| {
+                compress_one(&f.raw, &ranking, Effort::Final, LC_DIFFS).map(|c| c.len() as u64)
+            })
             .sum()
     };
     // Per job, the sample's size without and with the transform.
@@ -470,8 +495,18 @@ const LC_DIFFS: u32 = 1;
 const LC_CODE: u32 = 4;
 const LC_TRIALS: [u32; 4] = [0, 1, 3, 4];
 
-/// The zstd level candidates are ranked with.
+/// The zstd level and the LZMA2 preset (without xz's extreme flag, four
+/// times faster) that candidates are ranked with.
 const RANKING_LEVEL: i32 = 9;
+const RANKING_PRESET: u32 = 4;
+
+/// How hard a compression tries: enough to rank candidates, or the
+/// requested level for the patch itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Effort {
+    Rank,
+    Final,
+}
 
 /// Below this many new bytes, several match thresholds are tried.
 const SMALL_IMAGE: usize = 2 << 20;
@@ -682,17 +717,20 @@ fn put_sparse(raw: &mut Vec<u8>, diffs: &[u8], block_len: u64) {
     raw.extend_from_slice(&bytes);
 }
 
+/// Compresses every frame, frame `i` with `lc(i)` literal context bits
+/// (LZMA2).
 fn compress_frames(
     frames: &[Frame],
     opts: &DiffOptions,
-    lc: u32,
+    effort: Effort,
+    lc: impl Fn(usize) -> u32 + Sync,
     threads: usize,
     monitor: &Monitor,
     progress: &mut dyn Progress,
 ) -> Result<Vec<Vec<u8>>> {
     parallel_map(frames.len(), threads, monitor, progress, |i| {
         let frame = &frames[i];
-        let compressed = compress_one(&frame.raw, opts, lc);
+        let compressed = compress_one(&frame.raw, opts, effort, lc(i));
         monitor
             .done
             .fetch_add(u64::from(frame.out_len), Ordering::Relaxed);
@@ -743,18 +781,22 @@ fn parallel_map<T: Send>(
 }
 
 /// `lc`: LZMA2's literal context bits (zstd ignores it).
-fn compress_one(raw: &[u8], opts: &DiffOptions, lc: u32) -> Result<Vec<u8>> {
+fn compress_one(raw: &[u8], opts: &DiffOptions, effort: Effort, lc: u32) -> Result<Vec<u8>> {
     match opts.compression {
         Compression::None => Ok(raw.to_vec()),
-        Compression::Zstd => compress_zstd(raw, opts),
-        Compression::Lzma2 => compress_lzma2(raw, opts, lc),
+        Compression::Zstd => compress_zstd(raw, opts, effort),
+        Compression::Lzma2 => compress_lzma2(raw, opts, effort, lc),
     }
 }
 
-fn compress_zstd(raw: &[u8], opts: &DiffOptions) -> Result<Vec<u8>> {
+fn compress_zstd(raw: &[u8], opts: &DiffOptions, effort: Effort) -> Result<Vec<u8>> {
     use zstd::zstd_safe::CParameter;
     let zerr = |e: std::io::Error| Error::InvalidArgument(format!("zstd failed: {e}"));
-    let mut c = zstd::bulk::Compressor::new(opts.level).map_err(zerr)?;
+    let level = match effort {
+        Effort::Rank => opts.level.min(RANKING_LEVEL),
+        Effort::Final => opts.level,
+    };
+    let mut c = zstd::bulk::Compressor::new(level).map_err(zerr)?;
     c.set_parameter(CParameter::WindowLog(u32::from(opts.window_log)))
         .map_err(zerr)?;
     c.set_parameter(CParameter::ChecksumFlag(false))
@@ -764,15 +806,19 @@ fn compress_zstd(raw: &[u8], opts: &DiffOptions) -> Result<Vec<u8>> {
     c.compress(raw).map_err(zerr)
 }
 
-/// One raw LZMA2 stream at xz's strongest preset (-9e), the dictionary
+/// One raw LZMA2 stream at xz's strongest preset (-9e; ranking: -4), the dictionary
 /// capped at the window, `lc` literal context bits and no position bits
 /// (the frames are mostly difference bytes, whose value depends little on
 /// alignment). The decoder needs neither: LZMA2 chunks carry them.
-fn compress_lzma2(raw: &[u8], opts: &DiffOptions, lc: u32) -> Result<Vec<u8>> {
+fn compress_lzma2(raw: &[u8], opts: &DiffOptions, effort: Effort, lc: u32) -> Result<Vec<u8>> {
     use liblzma::stream::{Action, Filters, LzmaOptions, PRESET_EXTREME, Status, Stream};
     let lerr = |e: liblzma::stream::Error| Error::InvalidArgument(format!("LZMA2 failed: {e}"));
     let level = opts.level.clamp(0, 9) as u32;
-    let mut lzma = LzmaOptions::new_preset(level | PRESET_EXTREME).map_err(lerr)?;
+    let preset = match effort {
+        Effort::Rank => level.min(RANKING_PRESET),
+        Effort::Final => level | PRESET_EXTREME,
+    };
+    let mut lzma = LzmaOptions::new_preset(preset).map_err(lerr)?;
     lzma.dict_size((1u32 << opts.window_log).max(4096))
         .literal_context_bits(lc)
         .literal_position_bits(0)
