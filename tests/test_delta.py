@@ -300,6 +300,107 @@ def test_bad_bsdiff_patches_are_errors(tmp_path: Path) -> None:
             apply(patch[:length])
 
 
+# --- VCDIFF (xdelta3) compatibility against the real tool -----------------
+
+
+def xdelta3(tmp_path: Path, old: bytes | None, new: bytes, *options: str) -> bytes:
+    """A patch made by Debian's xdelta3, checked with `xdelta3 -d` first."""
+    new_p, patch_p = write(tmp_path / "x.new", new), tmp_path / "x.vcdiff"
+    source = ["-s", str(write(tmp_path / "x.old", old))] if old is not None else []
+    subprocess.run(["xdelta3", "-e", "-f", *options, *source, str(new_p), str(patch_p)], check=True)
+    ref = tmp_path / "x.ref"
+    subprocess.run(["xdelta3", "-d", "-f", *source, str(patch_p), str(ref)], check=True)
+    assert ref.read_bytes() == new
+    return patch_p.read_bytes()
+
+
+def apply_streamed(old: bytes, patch: bytes, step: int) -> bytes:
+    out = bytearray()
+    applier = delta.Applier(old, out.extend)
+    for at in range(0, len(patch), step):
+        applier.feed(patch[at : at + step])
+    result = applier.finish()
+    assert result.format == "vcdiff"
+    assert result.new_size == len(out)
+    assert result.new_sha256 == hashlib.sha256(out).hexdigest()
+    return bytes(out)
+
+
+def repetitive_pair(seed: int) -> tuple[bytes, bytes]:
+    """A new image with runs and repeated pieces of itself, so windows copy
+    from their own output (overlapping copies included)."""
+    old, new = firmware_pair(150_000, seed)
+    rng = random.Random(seed)
+    piece = rng.randbytes(3000)
+    return old, new[:40_000] + piece * 5 + bytes(5000) + b"ab" * 2000 + new[40_000:]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        (),  # the default: LZMA secondary compression, Adler-32 per window
+        ("-S", "none"),
+        ("-9",),
+        ("-0",),
+        ("-n", "-S", "none"),  # no checksums
+        ("-W", "65536", "-B", "524288"),  # many windows, one xz stream each kind
+    ],
+    ids=["default", "no-secondary", "level-9", "level-0", "no-checksum", "small-windows"],
+)
+def test_xdelta3_patches_apply_like_xdelta3(tmp_path: Path, options: tuple[str, ...]) -> None:
+    old, new = repetitive_pair(11)
+    patch = xdelta3(tmp_path, old, new, *options)
+    assert delta.patch_info(patch).format == "vcdiff"
+    result = delta.apply(
+        write(tmp_path / "old", old), write(tmp_path / "p", patch), tmp_path / "out"
+    )
+    assert (result.format, result.new_size) == ("vcdiff", len(new))
+    assert (tmp_path / "out").read_bytes() == new
+    for step in (1, 777, 1 << 20):
+        assert apply_streamed(old, patch, step) == new
+
+
+def test_xdelta3_without_a_source_and_the_patch_info(tmp_path: Path) -> None:
+    _, new = repetitive_pair(12)
+    patch = xdelta3(tmp_path, None, new)
+    assert apply_streamed(b"", patch, 4096) == new
+    info = delta.patch_info(patch)
+    assert (info.format, info.new_size, info.fields["secondary"]) == ("vcdiff", None, "lzma")
+    assert main(["patch-info", str(write(tmp_path / "p", patch)), "--json"]) == 0
+
+
+def test_xdelta3_coders_we_do_not_have_are_named(tmp_path: Path) -> None:
+    old, new = firmware_pair(50_000, 13)
+    for coder in ("djw", "fgk"):
+        patch = xdelta3(tmp_path, old, new, "-S", coder)
+        with pytest.raises(UnsupportedPatchError, match=coder):
+            apply_streamed(old, patch, 4096)
+
+
+def test_bad_vcdiff_patches_are_errors_never_wrong_images(tmp_path: Path) -> None:
+    old, new = repetitive_pair(14)
+    patch = xdelta3(tmp_path, old, new, "-W", "65536", "-B", "524288")
+    for length in range(0, len(patch), max(1, len(patch) // 150)):
+        with pytest.raises(PatchError):
+            apply_streamed(old, patch[:length], 4096)
+    # Bit flips: an error, or (in the file name of the application header)
+    # harmless. Every window carries an Adler-32 of its output.
+    rng = random.Random(14)
+    for bit in rng.sample(range(len(patch) * 8), 300):
+        damaged = bytearray(patch)
+        damaged[bit // 8] ^= 1 << (bit % 8)
+        try:
+            out = apply_streamed(old, bytes(damaged), 8192)
+        except (PatchError, VerifyError):
+            continue
+        assert out == new, f"bit {bit} made a wrong image without an error"
+    # The wrong old image (VCDIFF carries no hash of it): the checksums catch it.
+    other = bytearray(old)
+    other[1000:1100] = bytes(100)
+    with pytest.raises(VerifyError, match="adler32"):
+        apply_streamed(bytes(other), patch, 8192)
+
+
 def test_diff_reports_progress_and_stops_on_ctrl_c() -> None:
     old, new = firmware_pair(3_000_000, 9)
     events: list[tuple[str, int, int | None]] = []

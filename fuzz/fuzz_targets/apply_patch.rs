@@ -1,4 +1,4 @@
-//! Feeds arbitrary bytes to the patch decoder (otaflash and BSDIFF40 paths)
+//! Feeds arbitrary bytes to the patch decoder (otaflash, BSDIFF40 and VCDIFF paths)
 //! in arbitrary chunkings, and to the in-place applier and the checkpoint
 //! parser. Any panic, hang or runaway allocation is a finding.
 #![no_main]
@@ -20,7 +20,8 @@ fuzz_target!(|data: &[u8]| {
     let options = ApplyOptions {
         max_working_set: 4 << 20,
         read_cache: 4096,
-        bsdiff_buffer_limit: 1 << 20,
+        legacy_buffer_limit: 1 << 20,
+        ..ApplyOptions::default()
     };
     let mut applier = Applier::new(old.as_slice(), Vec::new(), options);
     let mut ok = true;

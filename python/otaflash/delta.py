@@ -71,7 +71,8 @@ class PatchInfo:
     """What a patch's header says (``fields`` has everything, see ``patch-info``)."""
 
     format: str
-    new_size: int
+    #: None for VCDIFF, whose windows only say their own sizes.
+    new_size: int | None
     patch_size: int | None
     fields: dict[str, Any]
 
@@ -238,7 +239,7 @@ def patch_info(patch: str | os.PathLike[str] | Buffer) -> PatchInfo:
     fields = _core.patch_info(head)
     return PatchInfo(
         format=str(fields["format"]),
-        new_size=int(fields["new_size"]),
+        new_size=None if fields["new_size"] is None else int(fields["new_size"]),
         patch_size=fields.get("patch_size"),
         fields=dict(fields),
     )

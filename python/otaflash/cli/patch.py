@@ -41,8 +41,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
             )
     else:
         result = delta.apply(args.old, args.patch, args.output, max_working_set=limit)
+    # Only otaflash patches name the SHA-256 the result must have.
+    check = "verified" if result.format == "otaflash" else f"{result.format}: no SHA-256 to check"
     out.result(
-        f"{args.output}: {result.new_size} bytes, sha256 {result.new_sha256} (verified)",
+        f"{args.output}: {result.new_size} bytes, sha256 {result.new_sha256} ({check})",
         {
             "path": args.output,
             "size": result.new_size,

@@ -19,6 +19,9 @@ def run(args: argparse.Namespace, out: Output) -> int:
     from otaflash import delta
 
     info = delta.patch_info(args.patch)
-    lines = [f"{key}: {value}" for key, value in info.fields.items()]
+    # None: the format does not say (VCDIFF's sizes are per window).
+    lines = [
+        f"{key}: {'not stated' if value is None else value}" for key, value in info.fields.items()
+    ]
     out.result("\n".join(lines), {"path": args.patch, **info.fields})
     return 0

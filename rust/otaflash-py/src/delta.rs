@@ -207,6 +207,11 @@ pub fn patch_info<'py>(head: &Bound<'py, PyAny>) -> OtaResult<Bound<'py, PyDict>
             d.set_item("format", "bsdiff40")?;
             d.set_item("new_size", new_size)?;
         }
+        PatchSummary::Vcdiff { secondary } => {
+            d.set_item("format", "vcdiff")?;
+            d.set_item("new_size", head.py().None())?;
+            d.set_item("secondary", secondary)?;
+        }
         PatchSummary::Otaflash(h) => {
             let kind = match h.kind {
                 Kind::Sequential => "sequential",

@@ -347,9 +347,11 @@ pub fn apply_patch_in_place<'py>(
         source.read_exact_at(0, &mut head)?;
         let header = match inspect(&head)? {
             PatchSummary::Otaflash(header) => header,
-            PatchSummary::Bsdiff40 { .. } => {
+            PatchSummary::Bsdiff40 { .. } | PatchSummary::Vcdiff { .. } => {
                 return Err(Error::PatchUnsupported(
-                    "a BSDIFF40 patch writes a new image elsewhere, it cannot run in place".into(),
+                    "a BSDIFF40 or VCDIFF patch writes a new image elsewhere, it cannot run \
+                     in place"
+                        .into(),
                 ));
             }
         };

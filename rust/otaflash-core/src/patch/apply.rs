@@ -9,6 +9,7 @@ use super::bsdiff::BsdiffApply;
 use super::format::{
     BSDIFF_MAGIC, Header, Kind, MAX_HEADER_LEN, PREFIX_LEN, header_len, le_u32, le_u64,
 };
+use super::vcdiff::{VCDIFF_MAGIC, VcdiffApply};
 use crate::hash::background::BackgroundSha256;
 use crate::io::{ImageSink, ReadAt};
 use crate::progress::{NoProgress, Operation, Progress, ProgressEvent};
@@ -28,9 +29,10 @@ pub struct ApplyOptions {
     pub max_working_set: usize,
     /// Bytes of the old image read at once (part of the working set).
     pub read_cache: usize,
-    /// BSDIFF40 only: its control and diff streams must be held compressed
-    /// until its extra stream arrives; a patch needing more is refused.
-    pub bsdiff_buffer_limit: usize,
+    /// BSDIFF40 and VCDIFF only: memory their formats make an applier hold
+    /// (BSDIFF40's control and diff streams until its extra stream arrives,
+    /// a VCDIFF window and its output); a patch needing more is refused.
+    pub legacy_buffer_limit: usize,
     /// Hash the new image on a second thread, one block behind the decoder,
     /// when the machine has a second core, the image is larger than a few
     /// blocks and the working-set limit has room for one more block.
@@ -42,7 +44,7 @@ impl Default for ApplyOptions {
         Self {
             max_working_set: DEFAULT_MAX_WORKING_SET,
             read_cache: DEFAULT_READ_CACHE,
-            bsdiff_buffer_limit: 256 << 20,
+            legacy_buffer_limit: 256 << 20,
             hash_thread: true,
         }
     }
@@ -262,6 +264,7 @@ enum Mode {
     Head(Vec<u8>),
     Ours(Box<OursState>),
     Bsdiff(Box<BsdiffApply>),
+    Vcdiff(Box<VcdiffApply>),
     Finished,
     /// A previous error makes every later call fail the same way.
     Failed(String),
@@ -331,6 +334,7 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
         match &self.mode {
             Mode::Ours(s) => s.body.out_pos(),
             Mode::Bsdiff(b) => b.out_pos(),
+            Mode::Vcdiff(v) => v.out_pos(),
             _ => 0,
         }
     }
@@ -340,6 +344,7 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
         match &self.mode {
             Mode::Ours(s) => Some(working_set(&s.header, &self.options)),
             Mode::Bsdiff(b) => Some(b.working_set()),
+            Mode::Vcdiff(v) => Some(v.working_set()),
             _ => self.working_set,
         }
     }
@@ -391,6 +396,14 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
             if let Some(cp) = self.resume.take() {
                 self.mode = Mode::Ours(Box::new(self.start_resumed(cp, progress)?));
             } else {
+                if buf.starts_with(VCDIFF_MAGIC) {
+                    // Self-delimiting from its first byte: no header to collect.
+                    let head = std::mem::take(buf);
+                    self.mode = Mode::Vcdiff(Box::new(VcdiffApply::new(&self.options)));
+                    self.fed -= head.len() as u64;
+                    self.feed_inner(&head, progress)?;
+                    return self.feed_inner(chunk, progress);
+                }
                 let need = if buf.len() < PREFIX_LEN {
                     PREFIX_LEN
                 } else if buf.starts_with(BSDIFF_MAGIC) {
@@ -432,6 +445,10 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
             Mode::Bsdiff(b) => {
                 self.fed += chunk.len() as u64;
                 b.feed(chunk, &mut self.old, &mut self.sink, progress)
+            }
+            Mode::Vcdiff(v) => {
+                self.fed += chunk.len() as u64;
+                v.feed(chunk, &mut self.old, &mut self.sink, progress)
             }
             Mode::Finished => Err(Error::InvalidArgument(
                 "this apply has already finished".into(),
@@ -520,6 +537,7 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
         self.working_set = match &mode {
             Mode::Ours(s) => Some(working_set(&s.header, &self.options)),
             Mode::Bsdiff(b) => Some(b.working_set()),
+            Mode::Vcdiff(v) => Some(v.working_set()),
             _ => self.working_set,
         };
         match mode {
@@ -571,6 +589,14 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
             }
             Mode::Bsdiff(mut b) => {
                 let report = b.finish(&mut self.old, &mut self.sink, progress)?;
+                self.sink.finish()?;
+                Ok(ApplyReport {
+                    patch_size: self.fed,
+                    ..report
+                })
+            }
+            Mode::Vcdiff(mut v) => {
+                let report = v.finish(progress)?;
                 self.sink.finish()?;
                 Ok(ApplyReport {
                     patch_size: self.fed,

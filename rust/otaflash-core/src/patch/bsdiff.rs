@@ -77,10 +77,10 @@ impl BsdiffApply {
             }
         }
         let held = (ctrl_len as u64).saturating_add(diff_len as u64);
-        if held > options.bsdiff_buffer_limit as u64 {
+        if held > options.legacy_buffer_limit as u64 {
             return Err(Error::PatchUnsupported(format!(
                 "this BSDIFF40 patch needs {held} bytes held in memory, the limit is {}",
-                options.bsdiff_buffer_limit
+                options.legacy_buffer_limit
             )));
         }
         Ok(Self {

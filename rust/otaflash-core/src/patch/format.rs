@@ -399,7 +399,7 @@ pub fn describe_magic(b: &[u8]) -> String {
     if head.starts_with(b"\x28\xb5\x2f\xfd") {
         "it is a zstd file, not an otaflash patch (made by `zstd --patch-from`?)".into()
     } else if head.starts_with(b"\xd6\xc3\xc4") {
-        "it is a VCDIFF (xdelta3) patch, which otaflash does not apply".into()
+        "it is a VCDIFF (xdelta3) patch; otaflash applies those as a new image, not in place".into()
     } else if head.starts_with(b"HDIFF") {
         "it is an HDiffPatch patch, which otaflash does not apply".into()
     } else if head.starts_with(b"ENDSLEY/BSDIFF43") {

@@ -1,5 +1,6 @@
-//! Delta patches: the otaflash patch format (sequential and in-place kinds)
-//! and BSDIFF40, applied while streaming with a fixed working set.
+//! Delta patches: the otaflash patch format (sequential and in-place kinds),
+//! BSDIFF40 and xdelta3's VCDIFF, applied while streaming with a fixed
+//! working set (the foreign formats: a stated one).
 //! `docs/patch-format.md` specifies the format.
 
 mod apply;
@@ -8,6 +9,7 @@ pub mod branches;
 mod bsdiff;
 pub mod format;
 mod inplace;
+mod vcdiff;
 
 pub use apply::{
     Applier, ApplyOptions, ApplyReport, Checkpoint, DEFAULT_MAX_WORKING_SET, DEFAULT_READ_CACHE,
@@ -16,8 +18,14 @@ pub use body::working_set;
 pub use format::{Compression, Header, Kind};
 pub use inplace::{apply_in_place, in_place_steps};
 
-/// Parses the header of a patch (otaflash or BSDIFF40) from its first bytes.
+/// Parses the header of a patch (otaflash, BSDIFF40 or VCDIFF) from its
+/// first bytes.
 pub fn inspect(head: &[u8]) -> crate::Result<PatchSummary> {
+    if head.starts_with(vcdiff::VCDIFF_MAGIC) {
+        return Ok(PatchSummary::Vcdiff {
+            secondary: vcdiff::secondary_name(head),
+        });
+    }
     if head.starts_with(format::BSDIFF_MAGIC) {
         if head.len() < 32 {
             return Err(crate::Error::PatchCorrupt(
@@ -48,5 +56,12 @@ pub fn head_len(head: &[u8]) -> usize {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PatchSummary {
     Otaflash(Header),
-    Bsdiff40 { new_size: u64 },
+    Bsdiff40 {
+        new_size: u64,
+    },
+    /// Sizes are per window, so none for the whole; `secondary` names
+    /// xdelta3's secondary compression ("none", "lzma", "djw", "fgk").
+    Vcdiff {
+        secondary: &'static str,
+    },
 }

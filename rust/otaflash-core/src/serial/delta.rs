@@ -75,6 +75,8 @@ impl EngineApplier {
             Ok(PatchSummary::Otaflash(header)) => (header.new_size, Some(header.new_sha256)),
             // BSDIFF40 names no SHA-256 of the new image: the read-back checks it.
             Ok(PatchSummary::Bsdiff40 { new_size }) => (new_size, None),
+            // VCDIFF names neither size nor hash up front: so does the read-back.
+            Ok(PatchSummary::Vcdiff { .. }) => return Ok(()),
             // A damaged header is the applier's to describe.
             Err(_) => return Ok(()),
         };
