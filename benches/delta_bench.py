@@ -153,11 +153,27 @@ def tools(ours: str, peer_python: str | None, hdz: str | None, py: str) -> list[
             ["bsdiff", "bspatch"],
         ),
         Tool(
+            "otaflash applying that BSDIFF40 patch",
+            None,
+            lambda o, p, out: [ours, "apply", o, p, out, "--stats"],
+            "bsdiff",
+            [ours],
+            ours=True,
+        ),
+        Tool(
             "xdelta3 -9 (VCDIFF, lzma 2nd)",
             lambda o, n, p: ["xdelta3", "-e", "-9", "-f", "-s", o, n, p],
             lambda o, p, out: ["xdelta3", "-d", "-f", "-s", o, p, out],
             "vcdiff",
             ["xdelta3"],
+        ),
+        Tool(
+            "otaflash applying that VCDIFF patch",
+            None,
+            lambda o, p, out: [ours, "apply", o, p, out, "--stats"],
+            "vcdiff",
+            [ours],
+            ours=True,
         ),
         Tool(
             "zstd -19 --long=27 --patch-from",

@@ -61,7 +61,12 @@ def test_harness_runs_ours_and_peers_side_by_side(tmp_path: Path, ours: str) -> 
     assert code == 0
     rows = json.loads(out_json.read_text())["small"]["rows"]
     names = set(rows)
-    assert {"bsdiff 4.3 (BSDIFF40, bzip2)", "zstd -19 --long=27 --patch-from"} <= names
+    assert {
+        "bsdiff 4.3 (BSDIFF40, bzip2)",
+        "zstd -19 --long=27 --patch-from",
+        "otaflash applying that BSDIFF40 patch",
+        "otaflash applying that VCDIFF patch",
+    } <= names
     for row in rows.values():
         assert "error" not in row, row
         assert row["identical"], row["tool"]
