@@ -134,7 +134,8 @@ def patch_target(patch: str | os.PathLike[str]) -> tuple[int, str]:
         problem.hint = "make the patch without --in-place"
     if problem is not None:
         raise problem
-    return info.new_size, str(info.fields["new_sha256"])
+    # otaflash patches always state both.
+    return int(info.fields["new_size"]), str(info.fields["new_sha256"])
 
 
 def send_delta(
