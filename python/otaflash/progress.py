@@ -13,9 +13,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from tqdm import tqdm
+if TYPE_CHECKING:  # tqdm loads when a bar is first shown, not with every command
+    from tqdm import tqdm
 
 __all__ = ["ProgressBars", "ProgressCallback"]
 
@@ -37,6 +38,8 @@ class ProgressBars:
         if bar is None:
             if total is not None and done >= total and self._finished.get(operation) == total:
                 return  # the final call of a finished run, repeated
+            from tqdm import tqdm
+
             desc = f"{self.label} {operation}".strip()
             bar = self._bars[operation] = tqdm(
                 total=total, unit="B", unit_scale=True, desc=desc, file=self.stream, leave=False

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
-from otaflash.client import Channel, HttpChannel, MqttChannel, Offer, OnOtaResult, OtaClient
 from otaflash.errors import InputError
+
+if TYPE_CHECKING:  # the client (urllib3, MQTT) loads only for the verbs that talk to a server
+    from otaflash.client import Channel, Offer, OnOtaResult, OtaClient
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +55,8 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
 
 def make_client(args: argparse.Namespace, *, on_ota_result: OnOtaResult | None = None) -> OtaClient:
     """Checks go to --server when given, else over --mqtt (where pushes arrive too)."""
+    from otaflash.client import HttpChannel, MqttChannel, OtaClient
+
     if not args.product or not args.device:
         failure = InputError("the product key and the device's serial number are needed")
         failure.hint = "give --product and --device (or OTAFLASH_PRODUCT, OTAFLASH_DEVICE)"
