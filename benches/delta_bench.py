@@ -120,6 +120,18 @@ def tools(ours: str, peer_python: str | None, hdz: str | None, py: str) -> list[
     hpatchz = os.path.join(hdz, "hpatchz") if hdz else "hpatchz"
     detools = [peer_python, "-m", "detools"] if peer_python else ["detools"]
     hdp = [peer_python or sys.executable, "-c", HDIFFPATCH_CLI]
+
+    def applying(fmt: str, ext: str) -> Tool:
+        """Ours applying the previous row's foreign patch."""
+        return Tool(
+            f"otaflash applying that {fmt} patch",
+            None,
+            lambda o, p, out: [ours, "apply", o, p, out, "--stats"],
+            ext,
+            [ours],
+            ours=True,
+        )
+
     return [
         Tool(
             "otaflash (zstd, 2 MiB window)",
@@ -152,14 +164,7 @@ def tools(ours: str, peer_python: str | None, hdz: str | None, py: str) -> list[
             "bsdiff",
             ["bsdiff", "bspatch"],
         ),
-        Tool(
-            "otaflash applying that BSDIFF40 patch",
-            None,
-            lambda o, p, out: [ours, "apply", o, p, out, "--stats"],
-            "bsdiff",
-            [ours],
-            ours=True,
-        ),
+        applying("BSDIFF40", "bsdiff"),
         Tool(
             "xdelta3 -9 (VCDIFF, lzma 2nd)",
             lambda o, n, p: ["xdelta3", "-e", "-9", "-f", "-s", o, n, p],
@@ -167,14 +172,7 @@ def tools(ours: str, peer_python: str | None, hdz: str | None, py: str) -> list[
             "vcdiff",
             ["xdelta3"],
         ),
-        Tool(
-            "otaflash applying that VCDIFF patch",
-            None,
-            lambda o, p, out: [ours, "apply", o, p, out, "--stats"],
-            "vcdiff",
-            [ours],
-            ours=True,
-        ),
+        applying("VCDIFF", "vcdiff"),
         Tool(
             "zstd -19 --long=27 --patch-from",
             lambda o, n, p: [
