@@ -264,9 +264,10 @@ pub fn diff_with(
     // compress only the winner at the requested level.
     let rerank = thresholds.len() > 1;
     let effort = if rerank { Effort::Rank } else { Effort::Final };
-    let mut best: Option<Candidate> = None;
-    // The records of the best candidate, for the x86 trial.
-    let mut best_records = Vec::new();
+    // Every candidate's frames first, then all their frames compressed in
+    // one pass: a small image's candidates (one frame each) run in parallel.
+    let mut records_by_threshold = Vec::new();
+    let mut built = Vec::new();
     for &threshold in thresholds {
         let mut records =
             matcher::find_records(&sa, old, new, threads, threshold, &monitor, progress)?;
@@ -275,30 +276,47 @@ pub fn diff_with(
         }
         for &sparse in layouts {
             let frames = build_frames(old, new, &records, opts, sparse, x86)?;
-            let compressed = compress_frames(
-                &frames,
-                opts,
-                effort,
-                |_| lc_for(x86),
-                threads,
-                &monitor,
-                progress,
-            )?;
-            let candidate = Candidate {
-                frames,
-                compressed,
-                sparse,
-                x86,
-            };
-            if candidate.replaces(&mut best) {
-                best_records.clone_from(&records);
-            }
+            built.push((records_by_threshold.len(), frames, sparse));
+        }
+        records_by_threshold.push(records);
+    }
+    let all_frames: Vec<&Frame> = built.iter().flat_map(|(_, f, _)| f).collect();
+    let mut payloads = compress_frames(
+        &all_frames,
+        opts,
+        effort,
+        |_| lc_for(x86),
+        threads,
+        &monitor,
+        progress,
+    )?
+    .into_iter();
+    let mut best: Option<Candidate> = None;
+    // The records of the best candidate, for the x86 trial.
+    let mut best_records = 0;
+    for (records, frames, sparse) in built {
+        let compressed = payloads.by_ref().take(frames.len()).collect();
+        let candidate = Candidate {
+            frames,
+            compressed,
+            sparse,
+            x86,
+        };
+        if candidate.replaces(&mut best) {
+            best_records = records;
         }
     }
     if try_x86 && let Some(sparse) = best.as_ref().map(|b| b.sparse) {
-        let frames = build_frames(old, new, &best_records, opts, sparse, true)?;
+        let frames = build_frames(
+            old,
+            new,
+            &records_by_threshold[best_records],
+            opts,
+            sparse,
+            true,
+        )?;
         let compressed = compress_frames(
-            &frames,
+            &frames.iter().collect::<Vec<_>>(),
             opts,
             effort,
             |_| lc_for(true),
@@ -317,29 +335,34 @@ pub fn diff_with(
     if rerank && let Some(b) = best.as_mut() {
         // Small LZMA2 images pick each frame's literal context bits by the
         // ranking too (b.compressed holds ranking sizes here).
-        let mut lcs = vec![lc_for(b.x86); b.frames.len()];
+        let count = b.frames.len();
+        let mut lcs = vec![lc_for(b.x86); count];
         if lc_trials {
+            // All other settings of all frames in one parallel pass.
+            let others: Vec<u32> = LC_TRIALS
+                .into_iter()
+                .filter(|&lc| lc != lc_for(b.x86))
+                .collect();
+            let frames: Vec<&Frame> = others.iter().flat_map(|_| &b.frames).collect();
+            let tried = compress_frames(
+                &frames,
+                opts,
+                Effort::Rank,
+                |i| others[i / count],
+                threads,
+                &monitor,
+                progress,
+            )?;
             let mut sizes: Vec<usize> = b.compressed.iter().map(Vec::len).collect();
-            for lc in LC_TRIALS.into_iter().filter(|&lc| lc != lc_for(b.x86)) {
-                let tried = compress_frames(
-                    &b.frames,
-                    opts,
-                    Effort::Rank,
-                    |_| lc,
-                    threads,
-                    &monitor,
-                    progress,
-                )?;
-                for (i, payload) in tried.iter().enumerate() {
-                    if payload.len() < sizes[i] {
-                        sizes[i] = payload.len();
-                        lcs[i] = lc;
-                    }
+            for (i, payload) in tried.iter().enumerate() {
+                if payload.len() < sizes[i % count] {
+                    sizes[i % count] = payload.len();
+                    lcs[i % count] = others[i / count];
                 }
             }
         }
         b.compressed = compress_frames(
-            &b.frames,
+            &b.frames.iter().collect::<Vec<_>>(),
             opts,
             Effort::Final,
             |i| lcs[i],
@@ -717,10 +740,10 @@ fn put_sparse(raw: &mut Vec<u8>, diffs: &[u8], block_len: u64) {
     raw.extend_from_slice(&bytes);
 }
 
-/// Compresses every frame, frame `i` with `lc(i)` literal context bits
-/// (LZMA2).
+/// Compresses every frame in parallel, frame `i` with `lc(i)` literal
+/// context bits (LZMA2).
 fn compress_frames(
-    frames: &[Frame],
+    frames: &[&Frame],
     opts: &DiffOptions,
     effort: Effort,
     lc: impl Fn(usize) -> u32 + Sync,
