@@ -9,6 +9,7 @@ use super::bsdiff::BsdiffApply;
 use super::format::{
     BSDIFF_MAGIC, Header, Kind, MAX_HEADER_LEN, PREFIX_LEN, header_len, le_u32, le_u64,
 };
+use super::head_len;
 use super::vcdiff::{VCDIFF_MAGIC, VcdiffApply};
 use crate::hash::background::BackgroundSha256;
 use crate::io::{ImageSink, ReadAt};
@@ -404,13 +405,7 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
                     self.feed_inner(&head, progress)?;
                     return self.feed_inner(chunk, progress);
                 }
-                let need = if buf.len() < PREFIX_LEN {
-                    PREFIX_LEN
-                } else if buf.starts_with(BSDIFF_MAGIC) {
-                    32
-                } else {
-                    header_len(buf)?
-                };
+                let need = head_len(buf)?;
                 let take = (need - buf.len()).min(chunk.len());
                 buf.extend_from_slice(&chunk[..take]);
                 chunk = &chunk[take..];

@@ -40,16 +40,17 @@ pub fn inspect(head: &[u8]) -> crate::Result<PatchSummary> {
     Ok(PatchSummary::Otaflash(Header::decode(head)?))
 }
 
-/// How many first bytes of a patch [`inspect`] needs: known from the first
-/// [`format::PREFIX_LEN`] bytes (a prefix it cannot read needs no more: the
-/// applier names the problem).
-pub fn head_len(head: &[u8]) -> usize {
-    if head.len() < format::PREFIX_LEN {
-        format::PREFIX_LEN
+/// How many first bytes of a patch make its header, known from the first
+/// [`format::PREFIX_LEN`]: BSDIFF40's 32, ours from its length byte, VCDIFF
+/// none beyond the prefix (it is read as it comes). Foreign or unreadable
+/// prefixes are errors naming the problem.
+pub fn head_len(head: &[u8]) -> crate::Result<usize> {
+    if head.len() < format::PREFIX_LEN || head.starts_with(vcdiff::VCDIFF_MAGIC) {
+        Ok(format::PREFIX_LEN)
     } else if head.starts_with(format::BSDIFF_MAGIC) {
-        32
+        Ok(32)
     } else {
-        format::header_len(head).unwrap_or(format::PREFIX_LEN)
+        format::header_len(head)
     }
 }
 

@@ -89,15 +89,20 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// xdelta3's name for a secondary compressor id.
+fn coder_name(id: u8) -> Option<&'static str> {
+    match id {
+        SECONDARY_LZMA => Some("lzma"),
+        SECONDARY_DJW => Some("djw"),
+        SECONDARY_FGK => Some("fgk"),
+        _ => None,
+    }
+}
+
 /// The secondary compressor a VCDIFF file header names.
 pub(crate) fn secondary_name(head: &[u8]) -> &'static str {
     match (head.get(4), head.get(5)) {
-        (Some(ind), Some(&id)) if ind & HDR_SECONDARY != 0 => match id {
-            SECONDARY_LZMA => "lzma",
-            SECONDARY_DJW => "djw",
-            SECONDARY_FGK => "fgk",
-            _ => "unknown",
-        },
+        (Some(ind), Some(&id)) if ind & HDR_SECONDARY != 0 => coder_name(id).unwrap_or("unknown"),
         _ => "none",
     }
 }
@@ -374,17 +379,15 @@ impl VcdiffApply {
             let Some(id) = r.byte() else {
                 return Ok(None);
             };
-            let name = match id {
-                SECONDARY_LZMA => None,
-                SECONDARY_DJW => Some("djw"),
-                SECONDARY_FGK => Some("fgk"),
-                _ => return Err(corrupt(format!("unknown secondary compressor {id}"))),
-            };
-            if let Some(name) = name {
-                return Err(Error::PatchUnsupported(format!(
-                    "this VCDIFF patch uses xdelta3's {name} secondary compression; make it \
-                     with `xdelta3 -S lzma` (the default) or `-S none`"
-                )));
+            match coder_name(id) {
+                Some("lzma") => {}
+                Some(name) => {
+                    return Err(Error::PatchUnsupported(format!(
+                        "this VCDIFF patch uses xdelta3's {name} secondary compression; make \
+                         it with `xdelta3 -S lzma` (the default) or `-S none`"
+                    )));
+                }
+                None => return Err(corrupt(format!("unknown secondary compressor {id}"))),
             }
             self.secondary = Some(Secondary {
                 streams: [None, None, None],

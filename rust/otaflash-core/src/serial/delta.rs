@@ -110,7 +110,8 @@ impl PatchApplier for EngineApplier {
         match &mut self.head {
             Some(head) => {
                 head.extend_from_slice(chunk);
-                if head.len() >= head_len(head) {
+                // A prefix it cannot read is the applier's to describe.
+                if head.len() >= head_len(head).unwrap_or(0) {
                     self.release_head()?;
                 }
                 Ok(())
