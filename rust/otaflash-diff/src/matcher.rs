@@ -2,12 +2,12 @@
 //! image in parallel.
 
 use libsais::SuffixArrayConstruction;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use otaflash_core::progress::Progress;
 use otaflash_core::{Error, Result};
 
-use crate::Monitor;
+use crate::{Monitor, parallel_map};
 
 /// Copy `copy` bytes from `old` (adding the stored differences), then
 /// `extra` literal bytes; records follow each other in new-image order.
@@ -201,51 +201,41 @@ pub(crate) fn scan_range(
     out
 }
 
-/// Records covering all of `new`, matched against `old`.
+/// Records covering all of `new`, matched against `old`, for each of
+/// `thresholds`.
 pub(crate) fn find_records(
     sa: &[i32],
     old: &[u8],
     new: &[u8],
     threads: usize,
-    threshold: usize,
+    thresholds: &[usize],
     monitor: &Monitor,
     progress: &mut dyn Progress,
-) -> Result<Vec<Record>> {
+) -> Result<Vec<Vec<Record>>> {
     // Slices of at least 1 MiB, one per thread: each runs bsdiff's scan on
-    // its own; the seams cost a record or two.
+    // its own; the seams cost a record or two. All thresholds' slices share
+    // the threads (a small image's thresholds run side by side).
     let parts = threads.clamp(1, (new.len() >> 20).max(1));
     let bounds: Vec<usize> = (0..=parts).map(|i| new.len() * i / parts).collect();
-    let mut pieces: Vec<Vec<Record>> = vec![Vec::new(); parts];
-    let finished = AtomicUsize::new(0);
-    let watched = std::thread::scope(|scope| {
-        let handles: Vec<_> = bounds
-            .windows(2)
-            .map(|w| {
-                let (a, b) = (w[0], w[1]);
-                let finished = &finished;
-                scope.spawn(move || {
-                    let r = scan_range(sa, old, new, a, b, threshold, monitor);
-                    finished.fetch_add(1, Ordering::Release);
-                    r
-                })
-            })
-            .collect();
-        let watched = monitor.watch(&finished, parts, progress);
-        for (slot, h) in pieces.iter_mut().zip(handles) {
-            *slot = h.join().unwrap_or_default();
-        }
-        watched
-    });
-    watched?;
-    let records: Vec<Record> = pieces.into_iter().flatten().collect();
-    let covered: u64 = records.iter().map(|r| r.copy + r.extra).sum();
-    if covered != new.len() as u64 {
-        return Err(Error::InvalidArgument(format!(
-            "internal error: matching covered {covered} of {} bytes",
-            new.len()
-        )));
-    }
-    Ok(records)
+    let pieces = parallel_map(thresholds.len() * parts, threads, monitor, progress, |j| {
+        let (threshold, part) = (thresholds[j / parts], j % parts);
+        let (a, b) = (bounds[part], bounds[part + 1]);
+        Ok(scan_range(sa, old, new, a, b, threshold, monitor))
+    })?;
+    pieces
+        .chunks(parts)
+        .map(|slices| {
+            let records: Vec<Record> = slices.iter().flatten().copied().collect();
+            let covered: u64 = records.iter().map(|r| r.copy + r.extra).sum();
+            if covered != new.len() as u64 {
+                return Err(Error::InvalidArgument(format!(
+                    "internal error: matching covered {covered} of {} bytes",
+                    new.len()
+                )));
+            }
+            Ok(records)
+        })
+        .collect()
 }
 
 /// In-place: new block j may copy only old bytes that, shifted up by
@@ -323,20 +313,23 @@ mod tests {
         new.splice(5000..5000, b"inserted bytes".iter().copied());
         new[70_000] ^= 0x55;
         let sa = suffix_array(&old, 1).unwrap();
-        let records = find_records(
+        let found = find_records(
             &sa,
             &old,
             &new,
             2,
-            8,
+            &[4, 8, 12],
             &Monitor::new(1),
             &mut otaflash_core::progress::NoProgress,
         )
         .unwrap();
-        assert_eq!(
-            records.iter().map(|r| r.copy + r.extra).sum::<u64>(),
-            new.len() as u64
-        );
-        assert!(records.iter().map(|r| r.extra).sum::<u64>() < 100);
+        assert_eq!(found.len(), 3);
+        for records in found {
+            assert_eq!(
+                records.iter().map(|r| r.copy + r.extra).sum::<u64>(),
+                new.len() as u64
+            );
+            assert!(records.iter().map(|r| r.extra).sum::<u64>() < 100);
+        }
     }
 }
