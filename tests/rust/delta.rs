@@ -92,10 +92,23 @@ fn round_trip_in_any_chunking() {
             sparse_diffs: Some(true),
             ..DiffOptions::default()
         },
+        DiffOptions {
+            compression: Compression::Lzma2,
+            level: 9,
+            split_streams: Some(true),
+            ..small_opts()
+        },
+        DiffOptions {
+            compression: Compression::Lzma2,
+            level: 6,
+            split_streams: Some(true),
+            ..DiffOptions::default()
+        },
     ] {
         let patch = diff(&old, &new, &opts).unwrap();
         let header = Header::decode(&patch).unwrap();
         assert_eq!(header.compression, opts.compression);
+        assert_eq!(header.split_streams, opts.split_streams == Some(true));
         if let Some(sparse) = opts.sparse_diffs {
             assert_eq!(header.sparse_diffs, sparse);
         }
@@ -200,8 +213,8 @@ fn wrong_old_image_is_refused_before_anything_is_written() {
 }
 
 /// One option set per body encoding: zstd, LZMA2, with sparse differences
-/// and x86 literals.
-fn encodings() -> [DiffOptions; 3] {
+/// and x86 literals, LZMA2 in three streams.
+fn encodings() -> [DiffOptions; 4] {
     [
         small_opts(),
         DiffOptions {
@@ -213,6 +226,12 @@ fn encodings() -> [DiffOptions; 3] {
             level: 9,
             sparse_diffs: Some(true),
             x86_branches: Some(true),
+            ..small_opts()
+        },
+        DiffOptions {
+            compression: Compression::Lzma2,
+            level: 9,
+            split_streams: Some(true),
             ..small_opts()
         },
     ]
@@ -280,6 +299,47 @@ fn lying_headers_are_refused() {
     assert!(err.to_string().contains("block size"), "{err}");
     let err = apply_chunked(&old, b"\x28\xb5\x2f\xfd0000000000", 10).unwrap_err();
     assert!(err.to_string().contains("zstd"), "{err}");
+}
+
+/// Large LZMA2 images split their frames in three streams by default (the
+/// corpus benchmark measures what that saves), and the applier still fits
+/// 4 MiB with the hashing thread.
+#[test]
+fn large_lzma2_images_split_in_streams_within_four_mib() {
+    let (old, new) = pair(3 << 20, 12);
+    let opts = DiffOptions {
+        level: 4,
+        ..DiffOptions::with_compression(Compression::Lzma2)
+    };
+    let split = diff(&old, &new, &opts).unwrap();
+    assert!(Header::decode(&split).unwrap().split_streams);
+    let one = DiffOptions {
+        split_streams: Some(false),
+        ..opts
+    };
+    let one = diff(&old, &new, &one).unwrap();
+    assert!(!Header::decode(&one).unwrap().split_streams);
+    for patch in [&split, &one] {
+        let apply = |options: ApplyOptions| {
+            let mut applier = Applier::new(old.as_slice(), Vec::new(), options);
+            for chunk in patch.chunks(100_003) {
+                applier.feed(chunk).unwrap();
+            }
+            applier.finish().unwrap();
+            let working_set = applier.working_set().unwrap();
+            assert_eq!(applier.into_parts().1, new);
+            working_set
+        };
+        let threaded = apply(ApplyOptions::default());
+        assert!(threaded <= 4 << 20, "{threaded}");
+        if std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
+            let inline = apply(ApplyOptions {
+                hash_thread: false,
+                ..ApplyOptions::default()
+            });
+            assert_eq!(threaded, inline + (512 << 10), "no hashing thread");
+        }
+    }
 }
 
 #[test]
@@ -505,7 +565,11 @@ fn in_place_survives_a_power_cut_at_every_operation() {
         x86_branches: Some(true),
         ..zstd.clone()
     };
-    for opts in [zstd, lzma2] {
+    let split = DiffOptions {
+        split_streams: Some(true),
+        ..lzma2.clone()
+    };
+    for opts in [zstd, lzma2, split] {
         in_place_survives_a_power_cut_at_every_operation_with(&old, &new, block, &opts);
     }
 }

@@ -7,7 +7,8 @@ use liblzma::stream::{Action, Filters, LzmaOptions, Status, Stream};
 use zstd::zstd_safe::{self, DCtx, DParameter, InBuffer, OutBuffer, ResetDirective};
 
 use super::format::{
-    Compression, FrameHeader, Header, MAX_FRAME_HEADER_LEN, RECORD_DENSITY, get_varint, unzigzag,
+    Compression, FrameHeader, Header, MAX_FRAME_HEADER_LEN, RECORD_DENSITY, get_varint,
+    split_dictionaries, unzigzag,
 };
 use crate::io::ReadAt;
 use crate::{Error, Result};
@@ -36,6 +37,10 @@ pub fn working_set(header: &Header, read_cache: usize) -> usize {
     let codec = match header.compression {
         Compression::None => 0,
         Compression::Zstd => (1usize << header.window_log) + ZSTD_FIXED,
+        Compression::Lzma2 if header.split_streams => split_dictionaries(header.window_log)
+            .iter()
+            .map(|&d| d as usize + LZMA2_FIXED)
+            .sum(),
         Compression::Lzma2 => (1usize << header.window_log) + LZMA2_FIXED,
     };
     block + records + STAGING + read_cache + codec
@@ -221,11 +226,13 @@ struct Frame {
 /// Receives each finished output block with its offset in the new image.
 pub(crate) type Emit<'a> = dyn FnMut(u64, &[u8]) -> Result<()> + 'a;
 
-/// A frame payload's decompressor; each frame is one complete stream.
+/// A frame payload's decompressor; each frame is one complete stream, or
+/// (split LZMA2) three.
 enum Codec {
     Raw,
     Zstd(Box<DCtx<'static>>),
     Lzma2 { stream: Box<Stream>, window_log: u8 },
+    Split(Box<SplitLzma2>),
 }
 
 impl Codec {
@@ -239,8 +246,11 @@ impl Codec {
                     .map_err(zstd_error)?;
                 Self::Zstd(Box::new(dctx))
             }
+            Compression::Lzma2 if header.split_streams => {
+                Self::Split(Box::new(SplitLzma2::new(header.window_log)?))
+            }
             Compression::Lzma2 => Self::Lzma2 {
-                stream: Box::new(lzma2_decoder(header.window_log)?),
+                stream: Box::new(lzma2_decoder(1 << header.window_log)?),
                 window_log: header.window_log,
             },
         })
@@ -255,7 +265,11 @@ impl Codec {
                 .map(|_| ())
                 .map_err(zstd_error),
             Self::Lzma2 { stream, window_log } => {
-                **stream = lzma2_decoder(*window_log)?;
+                **stream = lzma2_decoder(1 << *window_log)?;
+                Ok(())
+            }
+            Self::Split(split) => {
+                **split = SplitLzma2::new(split.window_log)?;
                 Ok(())
             }
         }
@@ -274,28 +288,118 @@ impl Codec {
                     .map_err(zstd_error)?;
                 Ok((inb.pos(), outb.pos(), hint == 0))
             }
-            Self::Lzma2 { stream, .. } => {
-                let (in0, out0) = (stream.total_in(), stream.total_out());
-                let status = stream
-                    .process(input, out, Action::Run)
-                    .map_err(|e| corrupt(format!("its LZMA2 data does not decode ({e})")))?;
-                Ok((
-                    (stream.total_in() - in0) as usize,
-                    (stream.total_out() - out0) as usize,
-                    status == Status::StreamEnd,
-                ))
-            }
+            Self::Lzma2 { stream, .. } => lzma2_run(stream, input, out),
+            Self::Split(split) => split.run(input, out),
         }
     }
 }
 
-/// A raw LZMA2 decoder whose dictionary is at most 2^`window_log` bytes.
-fn lzma2_decoder(window_log: u8) -> Result<Stream> {
+/// One step of a raw LZMA2 decoder: (input used, bytes made, it ended).
+fn lzma2_run(stream: &mut Stream, input: &[u8], out: &mut [u8]) -> Result<(usize, usize, bool)> {
+    let (in0, out0) = (stream.total_in(), stream.total_out());
+    let status = stream
+        .process(input, out, Action::Run)
+        .map_err(|e| corrupt(format!("its LZMA2 data does not decode ({e})")))?;
+    Ok((
+        (stream.total_in() - in0) as usize,
+        (stream.total_out() - out0) as usize,
+        status == Status::StreamEnd,
+    ))
+}
+
+/// A split LZMA2 frame: per block, a varint length and a segment of the
+/// records stream, then of the differences stream, then of the literals
+/// stream. Each segment decodes to exactly that block's part, so the output
+/// is the same byte sequence a one-stream frame decodes to.
+struct SplitLzma2 {
+    window_log: u8,
+    streams: [Stream; 3],
+    ended: [bool; 3],
+    /// The stream the current (or next) segment belongs to.
+    current: usize,
+    /// Bytes of the current segment still to come; None while its length is read.
+    left: Option<u64>,
+    /// The length varint's bytes so far.
+    length: Vec<u8>,
+}
+
+impl SplitLzma2 {
+    fn new(window_log: u8) -> Result<Self> {
+        let [r, d, l] = split_dictionaries(window_log);
+        Ok(Self {
+            window_log,
+            streams: [lzma2_decoder(r)?, lzma2_decoder(d)?, lzma2_decoder(l)?],
+            ended: [false; 3],
+            current: 0,
+            left: None,
+            length: Vec::with_capacity(10),
+        })
+    }
+
+    fn run(&mut self, input: &[u8], out: &mut [u8]) -> Result<(usize, usize, bool)> {
+        let (mut used, mut made) = (0, 0);
+        while !self.finished() {
+            let Some(left) = self.left else {
+                let Some(&byte) = input.get(used) else {
+                    break;
+                };
+                used += 1;
+                self.length.push(byte);
+                if let Some((len, _)) = get_varint(&self.length)? {
+                    self.length.clear();
+                    if len > 0 && self.ended[self.current] {
+                        return Err(corrupt("a frame stream has data after its end"));
+                    }
+                    self.left = Some(len);
+                }
+                continue;
+            };
+            if self.ended[self.current] {
+                // An empty segment of a stream that has ended.
+                self.next_segment();
+                continue;
+            }
+            let take = (left as usize).min(input.len() - used);
+            let stream = &mut self.streams[self.current];
+            let (i, o, ended) = lzma2_run(stream, &input[used..used + take], &mut out[made..])?;
+            used += i;
+            made += o;
+            let left = left - i as u64;
+            self.left = Some(left);
+            self.ended[self.current] = ended;
+            if ended && left > 0 {
+                return Err(corrupt("a frame stream has data after its end"));
+            }
+            // A segment is done when all its bytes are in and its decoder
+            // has given all it holds (a call that made nothing with room to
+            // spare).
+            if left == 0 && (ended || o == 0 && made < out.len()) {
+                self.next_segment();
+            } else if i == 0 && o == 0 {
+                break;
+            }
+        }
+        Ok((used, made, self.finished()))
+    }
+
+    fn next_segment(&mut self) {
+        self.left = None;
+        self.current = (self.current + 1) % 3;
+    }
+
+    /// All three streams have ended, and no segment is open.
+    fn finished(&self) -> bool {
+        self.ended == [true; 3] && self.left.is_none() && self.length.is_empty()
+    }
+}
+
+/// A raw LZMA2 decoder with a dictionary of `dict_size` bytes.
+fn lzma2_decoder(dict_size: u32) -> Result<Stream> {
     let unsupported = |e: liblzma::stream::Error| {
         Error::PatchUnsupported(format!("LZMA2 decoder could not start ({e})"))
     };
     let mut opts = LzmaOptions::new_preset(0).map_err(unsupported)?;
-    opts.dict_size(1 << window_log);
+    opts.dict_size(dict_size);
     let mut filters = Filters::new();
     filters.lzma2(&opts);
     Stream::new_raw_decoder(&filters).map_err(unsupported)
@@ -901,4 +1005,110 @@ fn zstd_error(code: usize) -> Error {
         "its zstd data does not decode ({})",
         zstd_safe::get_error_name(code)
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::format;
+    use super::*;
+
+    /// Segments of three LZMA2 streams, flushed after each part, ended
+    /// after the last: what the diff writes for a split frame.
+    fn split_payload(parts: &[[&[u8]; 3]], window_log: u8) -> Vec<u8> {
+        let mut streams: Vec<Stream> = split_dictionaries(window_log)
+            .into_iter()
+            .map(|dict| {
+                let mut opts = LzmaOptions::new_preset(6).unwrap();
+                opts.dict_size(dict);
+                let mut filters = Filters::new();
+                filters.lzma2(&opts);
+                Stream::new_raw_encoder(&filters).unwrap()
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (b, block) in parts.iter().enumerate() {
+            for (stream, part) in streams.iter_mut().zip(block) {
+                let action = if b + 1 == parts.len() {
+                    Action::Finish
+                } else {
+                    Action::SyncFlush
+                };
+                let mut segment = Vec::with_capacity(part.len() + 1024);
+                let status = stream.process_vec(part, &mut segment, action).unwrap();
+                assert_eq!(status, Status::StreamEnd);
+                format::put_varint(&mut out, segment.len() as u64);
+                out.extend_from_slice(&segment);
+            }
+        }
+        out
+    }
+
+    /// Decodes `payload` fed `chunk` bytes at a time into an output buffer
+    /// of `room` bytes: (output, bytes left unused, the streams ended).
+    fn decode(payload: &[u8], chunk: usize, room: usize) -> Result<(Vec<u8>, usize, bool)> {
+        let mut split = SplitLzma2::new(12)?;
+        let mut out = Vec::new();
+        let mut buf = vec![0; room];
+        let mut ended = false;
+        let mut unused = 0;
+        for piece in payload.chunks(chunk) {
+            let mut input = piece;
+            loop {
+                let (used, made, done) = split.run(input, &mut buf)?;
+                out.extend_from_slice(&buf[..made]);
+                input = &input[used..];
+                ended = done;
+                if done || used == 0 && made == 0 {
+                    break;
+                }
+            }
+            unused += input.len();
+        }
+        Ok((out, unused, ended))
+    }
+
+    #[test]
+    fn split_frames_decode_in_block_order_whatever_the_buffers() {
+        let text: Vec<u8> = (0..30_000u32).map(|i| (i * 7 / 5 % 253) as u8).collect();
+        let parts: [[&[u8]; 3]; 3] = [
+            [&text[..10], &text[100..5000], &text[6000..6100]],
+            [&[], &text[9000..20_000], &[]],
+            [&text[..3], &[], &text[20_000..]],
+        ];
+        let want: Vec<u8> = parts
+            .iter()
+            .flatten()
+            .flat_map(|p| p.iter().copied())
+            .collect();
+        let payload = split_payload(&parts, 12);
+        for (chunk, room) in [(1, 7), (13, 1), (payload.len(), 4096), (999, 65_536)] {
+            let (got, unused, ended) = decode(&payload, chunk, room).unwrap();
+            assert!(ended && unused == 0, "chunk {chunk} room {room}");
+            assert_eq!(got, want, "chunk {chunk} room {room}");
+        }
+        // Bytes after the three ends are left for the caller to refuse.
+        let mut longer = payload.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer, 5, 100).unwrap().1, 1);
+    }
+
+    #[test]
+    fn a_split_stream_with_data_after_its_end_is_refused() {
+        // Block 0 ends the records stream but only flushes the others;
+        // block 1 then brings records again.
+        let whole = split_payload(&[[b"records", b"", b""]], 12);
+        let flushed = split_payload(&[[b"", b"diffs", b"literals"], [b"", b"", b""]], 12);
+        let records_end = 1 + usize::from(whole[0]);
+        let mut payload = whole[..records_end].to_vec();
+        // The diff and literal segments of the two-block payload's block 0.
+        let mut at = 1 + usize::from(flushed[0]);
+        for _ in 0..2 {
+            let len = 1 + usize::from(flushed[at]);
+            payload.extend_from_slice(&flushed[at..at + len]);
+            at += len;
+        }
+        payload.extend_from_slice(&whole[..records_end]);
+        let err = decode(&payload, 3, 64).unwrap_err().to_string();
+        assert!(err.contains("after its end"), "{err}");
+    }
 }

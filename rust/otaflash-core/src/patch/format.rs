@@ -133,13 +133,29 @@ pub struct Header {
     /// Literal bytes hold x86 CALL/JMP targets as absolute addresses
     /// (section 4.1 of docs/patch-format.md; `branches::x86_decode`).
     pub x86_branches: bool,
+    /// LZMA2 only: each frame is three streams, of the blocks' records,
+    /// differences and literals, interleaved block by block (section 5.1).
+    pub split_streams: bool,
 }
 
 /// Byte 6 of the header: kind in bits 0-1, compression in bits 2-3, then
 /// the flags: blocks carry a difference encoding; literals hold x86 branch
-/// targets absolute.
+/// targets absolute; LZMA2 frames are three streams.
 const FLAG_SPARSE_DIFFS: u8 = 1 << 4;
 const FLAG_X86_BRANCHES: u8 = 1 << 5;
+const FLAG_SPLIT_STREAMS: u8 = 1 << 6;
+
+/// The dictionaries of a split LZMA2 frame's streams (records, differences,
+/// literals) for window log `w`: 1/64, 1/4 and 3/4 of 2^w, together just
+/// over the one stream's 2^w. Literals need the long memory (new code),
+/// differences less, records (few, incompressible numbers) almost none.
+pub fn split_dictionaries(window_log: u8) -> [u32; 3] {
+    let w = 1u32 << window_log;
+    [w / 64, w / 4, w / 4 * 3].map(|d| d.max(LZMA2_MIN_DICTIONARY))
+}
+
+/// liblzma's smallest dictionary.
+const LZMA2_MIN_DICTIONARY: u32 = 4096;
 
 pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
@@ -233,6 +249,9 @@ impl Header {
         if self.x86_branches {
             kind_flags |= FLAG_X86_BRANCHES;
         }
+        if self.split_streams {
+            kind_flags |= FLAG_SPLIT_STREAMS;
+        }
         b.push(kind_flags);
         b.push(self.block_size.trailing_zeros() as u8);
         b.push(self.window_log);
@@ -278,7 +297,14 @@ impl Header {
         let method = (b[6] >> 2) & 3;
         let compression = Compression::from_code(method)
             .ok_or_else(|| Error::PatchUnsupported(format!("compression method {method}")))?;
-        if b[6] & 0xc0 != 0 {
+        let split_streams = b[6] & FLAG_SPLIT_STREAMS != 0;
+        if split_streams && compression != Compression::Lzma2 {
+            return Err(corrupt(format!(
+                "it says its {} frames are split in streams, which only LZMA2 frames are",
+                compression.name()
+            )));
+        }
+        if b[6] & 0x80 != 0 {
             return Err(Error::PatchUnsupported(
                 "reserved header flags are set".into(),
             ));
@@ -343,6 +369,7 @@ impl Header {
             body_sha256,
             sparse_diffs: b[6] & FLAG_SPARSE_DIFFS != 0,
             x86_branches: b[6] & FLAG_X86_BRANCHES != 0,
+            split_streams,
         };
         header.check_geometry()?;
         Ok(header)
@@ -584,6 +611,15 @@ mod tests {
             body_sha256: None,
             sparse_diffs: false,
             x86_branches: false,
+            split_streams: false,
+        }
+    }
+
+    fn split_sample() -> Header {
+        Header {
+            compression: Compression::Lzma2,
+            split_streams: true,
+            ..sample()
         }
     }
 
@@ -602,7 +638,7 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_rejects_every_single_bit_flip() {
-        for h in [sample(), in_place_sample()] {
+        for h in [sample(), in_place_sample(), split_sample()] {
             let bytes = h.encode();
             assert_eq!(bytes.len(), h.encoded_len());
             assert_eq!(header_len(&bytes).unwrap(), bytes.len());
@@ -618,6 +654,18 @@ mod tests {
         }
         // A sequential patch's header: 81 bytes plus its varints.
         assert_eq!(sample().encoded_len(), MIN_HEADER_LEN + 1);
+    }
+
+    #[test]
+    fn only_lzma2_frames_split_in_streams() {
+        let zstd = Header {
+            compression: Compression::Zstd,
+            ..split_sample()
+        };
+        let err = Header::decode(&zstd.encode()).unwrap_err().to_string();
+        assert!(err.contains("only LZMA2"), "{err}");
+        assert_eq!(split_dictionaries(21), [32 << 10, 512 << 10, 1536 << 10]);
+        assert_eq!(split_dictionaries(10), [4096, 4096, 4096]);
     }
 
     #[test]
