@@ -51,7 +51,7 @@ pub struct DiffOptions {
     /// `None`: chosen by trying (small images) or on samples (large ones).
     pub x86_branches: Option<bool>,
     /// LZMA2: compress each frame's records, differences and literals as
-    /// three streams (docs/patch-format.md section 5.1); `None`: large
+    /// three streams (docs/patch-format.md section 3.1); `None`: large
     /// images of the sequential kind do (ruff -0.7 %, libcrypto3 -0.45 %);
     /// small ones and in-place patches, whose frames hold few blocks, lose
     /// more to the three streams' ends than they gain.

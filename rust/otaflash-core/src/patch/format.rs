@@ -134,7 +134,7 @@ pub struct Header {
     /// (section 4.1 of docs/patch-format.md; `branches::x86_decode`).
     pub x86_branches: bool,
     /// LZMA2 only: each frame is three streams, of the blocks' records,
-    /// differences and literals, interleaved block by block (section 5.1).
+    /// differences and literals, interleaved block by block (section 3.1).
     pub split_streams: bool,
 }
 
