@@ -557,6 +557,9 @@ const X86_MIN_CALLS: u64 = 64;
 const LC_DIFFS: u32 = 1;
 const LC_CODE: u32 = 4;
 const LC_TRIALS: [u32; 4] = [0, 1, 3, 4];
+/// A split frame's records stream: varints, whose next byte the previous
+/// one's continuation bit predicts (ruff -0.27 % against 0).
+const LC_RECORDS: u32 = 1;
 
 /// The zstd level and the LZMA2 preset (without xz's extreme flag, four
 /// times faster) that candidates are ranked with.
@@ -902,15 +905,14 @@ fn compress_lzma2(raw: &[u8], opts: &DiffOptions, effort: Effort, lc: u32) -> Re
 /// A frame as three LZMA2 streams (records, differences, literals) cut at
 /// block ends: per block, each stream's segment after its varint length
 /// (flushed, so it decodes to that block's part; the last block ends the
-/// streams). Literals get `lc`; records and differences are numbers and
-/// byte differences, whose values depend little on the byte before.
+/// streams). Literals get `lc`.
 fn compress_lzma2_split(
     frame: &Frame,
     opts: &DiffOptions,
     effort: Effort,
     lc: u32,
 ) -> Result<Vec<u8>> {
-    let lcs = [0, LC_DIFFS, lc];
+    let lcs = [LC_RECORDS, LC_DIFFS, lc];
     let dictionaries = format::split_dictionaries(opts.window_log);
     let mut streams = Vec::with_capacity(3);
     for (dict, lc) in dictionaries.into_iter().zip(lcs) {
