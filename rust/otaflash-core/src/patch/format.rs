@@ -146,12 +146,12 @@ const FLAG_X86_BRANCHES: u8 = 1 << 5;
 const FLAG_SPLIT_STREAMS: u8 = 1 << 6;
 
 /// The dictionaries of a split LZMA2 frame's streams (records, differences,
-/// literals) for window log `w`: 1/64, 1/4 and 3/4 of 2^w, together just
+/// literals) for window log `w`: 1/64, 1/8 and 7/8 of 2^w, together just
 /// over the one stream's 2^w. Literals need the long memory (new code),
 /// differences less, records (few, incompressible numbers) almost none.
 pub fn split_dictionaries(window_log: u8) -> [u32; 3] {
     let w = 1u32 << window_log;
-    [w / 64, w / 4, w / 4 * 3].map(|d| d.max(LZMA2_MIN_DICTIONARY))
+    [w / 64, w / 8, w / 8 * 7].map(|d| d.max(LZMA2_MIN_DICTIONARY))
 }
 
 /// liblzma's smallest dictionary.
@@ -664,7 +664,7 @@ mod tests {
         };
         let err = Header::decode(&zstd.encode()).unwrap_err().to_string();
         assert!(err.contains("only LZMA2"), "{err}");
-        assert_eq!(split_dictionaries(21), [32 << 10, 512 << 10, 1536 << 10]);
+        assert_eq!(split_dictionaries(21), [32 << 10, 256 << 10, 1792 << 10]);
         assert_eq!(split_dictionaries(10), [4096, 4096, 4096]);
     }
 
