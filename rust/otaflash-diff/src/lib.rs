@@ -52,7 +52,7 @@ pub struct DiffOptions {
     pub x86_branches: Option<bool>,
     /// LZMA2: compress each frame's records, differences and literals as
     /// three streams (docs/patch-format.md section 3.1); `None`: large
-    /// images of the sequential kind do (ruff -0.7 %, libcrypto3 -0.45 %);
+    /// images of the sequential kind do (ruff -0.95 %, libcrypto3 -0.47 %);
     /// small ones and in-place patches, whose frames hold few blocks, lose
     /// more to the three streams' ends than they gain.
     pub split_streams: Option<bool>,
