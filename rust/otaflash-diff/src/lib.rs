@@ -485,9 +485,7 @@ fn pick_matching(
     let sample_size = |records: &[Record], sample: &[u8], x86: bool| -> Result<u64> {
         build_frames(old, sample, records, &ranking, false, x86)?
             .iter()
-            .map(|f| {
-                compress_one(&f.raw, &ranking, Effort::Final, LC_DIFFS).map(|c| c.len() as u64)
-            })
+            .map(|f| compress_one(f, &ranking, Effort::Final, LC_DIFFS).map(|c| c.len() as u64))
             .sum()
     };
     // Per job, the sample's size without and with the transform.
@@ -810,11 +808,7 @@ fn compress_frames(
 ) -> Result<Vec<Vec<u8>>> {
     parallel_map(frames.len(), threads, monitor, progress, |i| {
         let frame = &frames[i];
-        let compressed = if opts.split_streams == Some(true) {
-            compress_lzma2_split(frame, opts, effort, lc(i))
-        } else {
-            compress_one(&frame.raw, opts, effort, lc(i))
-        };
+        let compressed = compress_one(frame, opts, effort, lc(i));
         monitor
             .done
             .fetch_add(u64::from(frame.out_len), Ordering::Relaxed);
@@ -865,11 +859,14 @@ pub(crate) fn parallel_map<T: Send>(
 }
 
 /// `lc`: LZMA2's literal context bits (zstd ignores it).
-fn compress_one(raw: &[u8], opts: &DiffOptions, effort: Effort, lc: u32) -> Result<Vec<u8>> {
+fn compress_one(frame: &Frame, opts: &DiffOptions, effort: Effort, lc: u32) -> Result<Vec<u8>> {
     match opts.compression {
-        Compression::None => Ok(raw.to_vec()),
-        Compression::Zstd => compress_zstd(raw, opts, effort),
-        Compression::Lzma2 => compress_lzma2(raw, opts, effort, lc),
+        Compression::None => Ok(frame.raw.clone()),
+        Compression::Zstd => compress_zstd(&frame.raw, opts, effort),
+        Compression::Lzma2 if opts.split_streams == Some(true) => {
+            compress_lzma2_split(frame, opts, effort, lc)
+        }
+        Compression::Lzma2 => compress_lzma2(&frame.raw, opts, effort, lc),
     }
 }
 
@@ -951,7 +948,7 @@ fn lzma2_encoder(dict: u32, opts: &DiffOptions, effort: Effort, lc: u32) -> Resu
         Effort::Final => level | PRESET_EXTREME,
     };
     let mut lzma = LzmaOptions::new_preset(preset).map_err(lzma_error)?;
-    lzma.dict_size(dict.max(4096))
+    lzma.dict_size(dict.max(format::LZMA2_MIN_DICTIONARY))
         .literal_context_bits(lc)
         .literal_position_bits(0)
         .position_bits(0);

@@ -155,7 +155,7 @@ pub fn split_dictionaries(window_log: u8) -> [u32; 3] {
 }
 
 /// liblzma's smallest dictionary.
-const LZMA2_MIN_DICTIONARY: u32 = 4096;
+pub const LZMA2_MIN_DICTIONARY: u32 = 4096;
 
 pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
