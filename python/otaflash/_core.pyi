@@ -112,6 +112,7 @@ def apply_file(
     *,
     max_working_set: int = ...,
     read_cache: int = ...,
+    old_check: str = "before",
     progress: Callable[[str, int, int | None], object] | None = None,
 ) -> tuple[str, int, str, int]: ...
 def patch_info(head: Buffer) -> dict[str, Any]: ...

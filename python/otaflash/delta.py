@@ -210,6 +210,9 @@ def apply(
 
     The output goes to ``NEW.part`` and is renamed to ``new`` only after its
     SHA-256 matched the patch's; on any error nothing is left at ``new``.
+    Because that file is discarded on error, the old image is hashed on a
+    second thread while the patch is applied rather than before it (a wrong
+    old image still fails, naming the hash the patch needs).
     """
     target = os.fspath(new)
     partial = target + ".part"
@@ -219,6 +222,7 @@ def apply(
             os.fspath(patch),
             partial,
             max_working_set=max_working_set,
+            old_check="alongside",
             progress=progress,
         )
     except BaseException:

@@ -6,9 +6,11 @@
 use std::collections::HashMap;
 
 use otaflash_core::inplace::InPlaceTarget;
-use otaflash_core::io::ReadAt;
+use otaflash_core::io::{FileSource, ReadAt};
 use otaflash_core::patch::format::Header;
-use otaflash_core::patch::{Applier, ApplyOptions, Compression, apply_in_place};
+use otaflash_core::patch::{
+    Applier, ApplyOptions, ApplyReport, Compression, OldCheck, apply_in_place,
+};
 use otaflash_core::progress::NoProgress;
 use otaflash_core::{Error, Result};
 use otaflash_diff::{DiffOptions, diff};
@@ -212,6 +214,66 @@ fn wrong_old_image_is_refused_before_anything_is_written() {
     );
 }
 
+/// A sink whose output is thrown away on error (a file renamed on success)
+/// may have the old image checked on a second thread while the patch is
+/// applied: the same result, and a wrong old image is still refused, never
+/// reported as a success.
+#[test]
+fn old_image_checked_alongside_gives_the_same_result_and_refuses_a_wrong_one() {
+    let (old, new) = pair(600_000, 13);
+    let opts = DiffOptions {
+        block_size: 16384,
+        window_log: 16,
+        frame_size: 65536,
+        ..small_opts()
+    };
+    let patch = diff(&old, &new, &opts).unwrap();
+    let mut other = old.clone();
+    // The last byte: the thread finds it last.
+    *other.last_mut().unwrap() ^= 1;
+    let dir = std::env::temp_dir().join(format!("otaflash-alongside-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (good, bad) = (dir.join("old"), dir.join("other"));
+    std::fs::write(&good, &old).unwrap();
+    std::fs::write(&bad, &other).unwrap();
+    let apply = |path: &std::path::Path, options: ApplyOptions| {
+        let source = FileSource::open(path).unwrap();
+        let mut applier = Applier::new(source, Vec::new(), options);
+        let result: Result<ApplyReport> = patch
+            .chunks(5000)
+            .try_for_each(|chunk| applier.feed(chunk))
+            .and_then(|()| applier.finish());
+        let working_set = applier.working_set();
+        (result, working_set, applier.into_parts().1)
+    };
+    let alongside = ApplyOptions {
+        old_check: OldCheck::Alongside,
+        ..ApplyOptions::default()
+    };
+    let (before, before_set, _) = apply(&good, ApplyOptions::default());
+    let (aside, aside_set, out) = apply(&good, alongside.clone());
+    assert_eq!(aside.unwrap(), before.unwrap());
+    assert_eq!(out, new);
+    if std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
+        // The thread's 64 KiB read buffer.
+        assert_eq!(aside_set.unwrap(), before_set.unwrap() + (64 << 10));
+    }
+    let (wrong, _, _) = apply(&bad, alongside.clone());
+    let err = wrong.unwrap_err();
+    assert!(matches!(err, Error::PatchWrongOld { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("this patch needs old image sha256 "),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    // A source no other thread can read (memory here) is checked first.
+    let mut applier = Applier::new(other.as_slice(), Vec::new(), alongside);
+    let err = applier.feed(&patch).unwrap_err();
+    assert!(matches!(err, Error::PatchWrongOld { .. }), "{err}");
+    assert!(applier.into_parts().1.is_empty());
+}
+
 /// One option set per body encoding: zstd, LZMA2, with sparse differences
 /// and x86 literals, LZMA2 in three streams.
 fn encodings() -> [DiffOptions; 4] {
@@ -339,6 +401,36 @@ fn large_lzma2_images_split_in_streams_within_four_mib() {
             });
             assert_eq!(threaded, inline + (512 << 10), "no hashing thread");
         }
+    }
+}
+
+/// zstd patches use 256 KiB blocks so that the new image's hashing thread
+/// and an alongside check of the old image both fit 4 MiB.
+#[test]
+fn large_zstd_images_hash_on_threads_within_four_mib() {
+    let (old, new) = pair(3 << 20, 14);
+    let opts = DiffOptions {
+        level: 3,
+        ..DiffOptions::default()
+    };
+    let patch = diff(&old, &new, &opts).unwrap();
+    assert_eq!(Header::decode(&patch).unwrap().block_size, 256 << 10);
+    let apply = |options: ApplyOptions| {
+        let mut applier = Applier::new(old.as_slice(), Vec::new(), options);
+        applier.feed(&patch).unwrap();
+        applier.finish().unwrap();
+        let working_set = applier.working_set().unwrap();
+        assert_eq!(applier.into_parts().1, new);
+        working_set
+    };
+    let threaded = apply(ApplyOptions::default());
+    assert!(threaded + (64 << 10) <= 4 << 20, "{threaded}");
+    if std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
+        let inline = apply(ApplyOptions {
+            hash_thread: false,
+            ..ApplyOptions::default()
+        });
+        assert_eq!(threaded, inline + (256 << 10), "no hashing thread");
     }
 }
 

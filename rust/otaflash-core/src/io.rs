@@ -16,6 +16,12 @@ pub trait ReadAt {
 
     /// Fills `buf` with the bytes at `offset`; a read past the end is an error.
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// Another reader of the same bytes for another thread, when the source
+    /// can make one cheaply (a file shares its descriptor); None otherwise.
+    fn reader_for_thread(&self) -> Option<Box<dyn ReadAt + Send>> {
+        None
+    }
 }
 
 /// Sequential output: bytes are appended in calls of any size.
@@ -33,6 +39,10 @@ impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
 
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         (**self).read_exact_at(offset, buf)
+    }
+
+    fn reader_for_thread(&self) -> Option<Box<dyn ReadAt + Send>> {
+        (**self).reader_for_thread()
     }
 }
 
@@ -124,6 +134,15 @@ impl ReadAt for FileSource {
         self.file
             .read_exact_at(buf, offset)
             .map_err(|e| Error::io("read", &self.path, e))
+    }
+
+    fn reader_for_thread(&self) -> Option<Box<dyn ReadAt + Send>> {
+        let file = self.file.try_clone().ok()?;
+        Some(Box::new(Self {
+            file,
+            path: self.path.clone(),
+            size: self.size,
+        }))
     }
 }
 

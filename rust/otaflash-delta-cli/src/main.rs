@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use otaflash_core::io::{FileSource, ImageSink};
 use otaflash_core::patch::format::Compression;
-use otaflash_core::patch::{Applier, ApplyOptions};
+use otaflash_core::patch::{Applier, ApplyOptions, ApplyReport, OldCheck};
 use otaflash_core::{Error, Result};
 use otaflash_diff::{DiffOptions, diff};
 
@@ -83,40 +83,61 @@ fn run(args: &[String]) -> Result<()> {
         }
         Some("apply") if args.len() >= 4 => {
             let started = std::time::Instant::now();
-            let old = FileSource::open(&args[1])?;
-            // Like the peers' programs: written, not fsynced (the product's
-            // `otaflash patch` syncs before it reports success).
-            let sink = PlainSink(std::io::BufWriter::with_capacity(
-                256 << 10,
-                std::fs::File::create(&args[3]).map_err(|e| Error::io("create", &args[3], e))?,
-            ));
-            let mut applier = Applier::new(old, sink, ApplyOptions::default());
-            let mut patch =
-                std::fs::File::open(&args[2]).map_err(|e| Error::io("open", &args[2], e))?;
-            let mut buf = vec![0u8; 256 << 10];
-            loop {
-                let n = patch
-                    .read(&mut buf)
-                    .map_err(|e| Error::io("read", &args[2], e))?;
-                if n == 0 {
-                    break;
+            // Like the product's `otaflash patch`: the output is a temporary
+            // file renamed only once the new image's hash matched, so the
+            // old image can be checked while the patch is applied.
+            let partial = format!("{}.part", args[3]);
+            let result = apply(&args[1], &args[2], &partial);
+            let (report, working_set) = match result {
+                Ok(done) => done,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(e);
                 }
-                applier.feed(&buf[..n])?;
-            }
-            let report = applier.finish()?;
+            };
+            std::fs::rename(&partial, &args[3]).map_err(|e| Error::io("rename", &partial, e))?;
             if args.iter().any(|a| a == "--stats") {
                 let seconds = started.elapsed().as_secs_f64();
                 let _ = writeln!(
                     std::io::stderr(),
                     "{{\"apply_seconds\":{seconds:.6},\"new_size\":{},\"working_set\":{}}}",
                     report.new_size,
-                    applier.working_set().unwrap_or(0)
+                    working_set
                 );
             }
             Ok(())
         }
         _ => Err(usage()),
     }
+}
+
+/// Applies `patch` to `old`, writing `out`: the report and the working set.
+fn apply(old: &str, patch: &str, out: &str) -> Result<(ApplyReport, usize)> {
+    let source = FileSource::open(old)?;
+    // Like the peers' programs: written, not fsynced (the product's
+    // `otaflash patch` syncs before it reports success).
+    let sink = PlainSink(std::io::BufWriter::with_capacity(
+        256 << 10,
+        std::fs::File::create(out).map_err(|e| Error::io("create", out, e))?,
+    ));
+    let options = ApplyOptions {
+        old_check: OldCheck::Alongside,
+        ..ApplyOptions::default()
+    };
+    let mut applier = Applier::new(source, sink, options);
+    let mut file = std::fs::File::open(patch).map_err(|e| Error::io("open", patch, e))?;
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| Error::io("read", patch, e))?;
+        if n == 0 {
+            break;
+        }
+        applier.feed(&buf[..n])?;
+    }
+    let report = applier.finish()?;
+    Ok((report, applier.working_set().unwrap_or(0)))
 }
 
 fn main() -> ExitCode {

@@ -35,7 +35,8 @@ pub struct DiffOptions {
     pub level: i32,
     /// log2 of the zstd window: the applier holds this many bytes.
     pub window_log: u8,
-    /// Output block size; in-place: the slot's erase block.
+    /// Output block size; in-place: the slot's erase block. Sequential
+    /// patches default to [`default_block_size`].
     pub block_size: u32,
     /// Output bytes per frame (the resume unit), a multiple of `block_size`.
     pub frame_size: u64,
@@ -65,7 +66,7 @@ impl Default for DiffOptions {
             compression: Compression::Zstd,
             level: 19,
             window_log: 21,
-            block_size: 512 << 10,
+            block_size: default_block_size(Compression::Zstd),
             frame_size: 4 << 20,
             threads: 0,
             slot_size: None,
@@ -82,6 +83,7 @@ impl DiffOptions {
         Self {
             compression,
             level: default_level(compression),
+            block_size: default_block_size(compression),
             ..Self::default()
         }
     }
@@ -441,6 +443,18 @@ pub fn default_level(compression: Compression) -> i32 {
     match compression {
         Compression::Lzma2 => 9,
         Compression::None | Compression::Zstd => 19,
+    }
+}
+
+/// The output block of sequential patches. zstd patches are the fast kind,
+/// and 256 KiB blocks leave room under the applier's 4 MiB for the thread
+/// that hashes the new image (ruff applies 6-13 % faster, for +0.46 % of
+/// patch; shellcheck +0.22 %). LZMA2 decoding is slow enough that a larger
+/// block's fewer records matter more.
+pub fn default_block_size(compression: Compression) -> u32 {
+    match compression {
+        Compression::Zstd => 256 << 10,
+        Compression::None | Compression::Lzma2 => 512 << 10,
     }
 }
 

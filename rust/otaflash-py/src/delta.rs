@@ -7,7 +7,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use otaflash_core::io::{FileSink, FileSource, ImageSink, ReadAt};
 use otaflash_core::patch::{
-    self, Applier as CoreApplier, ApplyOptions, ApplyReport, Compression, Kind, PatchSummary,
+    self, Applier as CoreApplier, ApplyOptions, ApplyReport, Compression, Kind, OldCheck,
+    PatchSummary,
 };
 use otaflash_core::{Error, Result as CoreResult};
 use otaflash_diff::DiffOptions;
@@ -123,9 +124,23 @@ pub fn diff<'py>(
     compression: &str,
     progress: Option<Py<PyAny>>,
 ) -> OtaResult<Bound<'py, PyBytes>> {
+    let compression = match compression {
+        "zstd" => Compression::Zstd,
+        "lzma2" => Compression::Lzma2,
+        "none" => Compression::None,
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "unknown compression {other:?}; choose zstd, lzma2 or none"
+            ))
+            .into());
+        }
+    };
     let mut opts = match kind {
-        "sequential" => DiffOptions::default(),
-        "in-place" | "inplace" => DiffOptions::in_place(block_size.unwrap_or(4096), slot_size),
+        "sequential" => DiffOptions::with_compression(compression),
+        "in-place" | "inplace" => DiffOptions {
+            compression,
+            ..DiffOptions::in_place(block_size.unwrap_or(4096), slot_size)
+        },
         other => {
             return Err(Error::InvalidArgument(format!(
                 "unknown patch kind {other:?}; choose sequential or in-place"
@@ -141,17 +156,6 @@ pub fn diff<'py>(
     if let Some(f) = frame_size {
         opts.frame_size = f;
     }
-    opts.compression = match compression {
-        "zstd" => Compression::Zstd,
-        "lzma2" => Compression::Lzma2,
-        "none" => Compression::None,
-        other => {
-            return Err(Error::InvalidArgument(format!(
-                "unknown compression {other:?}; choose zstd, lzma2 or none"
-            ))
-            .into());
-        }
-    };
     opts.level = level.unwrap_or_else(|| otaflash_diff::default_level(opts.compression));
     let old = ByteView::new(old)?;
     let new = ByteView::new(new)?;
@@ -163,9 +167,12 @@ pub fn diff<'py>(
 
 /// Applies the patch file to the old image file, writing (and syncing) the
 /// new image file. Returns `(format, new_size, new_sha256, patch_size)`.
+/// `old_check="alongside"` hashes the old image while applying: only for a
+/// `new` the caller deletes unless this returns.
 #[pyfunction]
 #[pyo3(signature = (old, patch, new, *, max_working_set = patch::DEFAULT_MAX_WORKING_SET,
-    read_cache = patch::DEFAULT_READ_CACHE, progress = None))]
+    read_cache = patch::DEFAULT_READ_CACHE, old_check = "before", progress = None))]
+#[allow(clippy::too_many_arguments)]
 pub fn apply_file(
     py: Python<'_>,
     old: PathBuf,
@@ -173,14 +180,29 @@ pub fn apply_file(
     new: PathBuf,
     max_working_set: usize,
     read_cache: usize,
+    old_check: &str,
     progress: Option<Py<PyAny>>,
 ) -> OtaResult<Report> {
+    let old_check = match old_check {
+        "before" => OldCheck::Before,
+        "alongside" => OldCheck::Alongside,
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "unknown old_check {other:?}; choose before or alongside"
+            ))
+            .into());
+        }
+    };
     let mut progress = PyProgress::new(progress);
     let result = py.detach(|| -> CoreResult<ApplyReport> {
         let source = FileSource::open(&old)?;
         let mut file = std::fs::File::open(&patch).map_err(|e| Error::io("open", &patch, e))?;
         let sink = FileSink::create(&new)?;
-        let mut applier = CoreApplier::new(source, sink, options(max_working_set, read_cache));
+        let options = ApplyOptions {
+            old_check,
+            ..options(max_working_set, read_cache)
+        };
+        let mut applier = CoreApplier::new(source, sink, options);
         let mut buf = vec![0u8; PATCH_CHUNK];
         loop {
             let n = file

@@ -1,6 +1,9 @@
 //! The streaming applier: patch bytes pushed in chunks of any size, the old
 //! image read at offsets, the new image written sequentially in blocks.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 use sha2::{Digest as _, Sha256};
 
@@ -38,6 +41,25 @@ pub struct ApplyOptions {
     /// when the machine has a second core, the image is larger than a few
     /// blocks and the working-set limit has room for one more block.
     pub hash_thread: bool,
+    /// When the old image is checked against the patch's SHA-256.
+    pub old_check: OldCheck,
+}
+
+/// When the applier checks the old image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OldCheck {
+    /// Before the first byte goes to the sink: for sinks that cannot take
+    /// output back (flash, a caller's stream).
+    #[default]
+    Before,
+    /// On a second thread while the patch is applied, which saves a pass
+    /// over the old image: only for a sink whose output is discarded unless
+    /// `finish` returns Ok (a temporary file renamed afterwards). A wrong old
+    /// image fails `feed` once the thread has hashed it, and `finish` always.
+    /// Falls back to `Before` when the source cannot be read from another
+    /// thread ([`ReadAt::reader_for_thread`]), on a resume, or when the
+    /// working-set limit has no room for the thread's buffer.
+    Alongside,
 }
 
 impl Default for ApplyOptions {
@@ -47,6 +69,7 @@ impl Default for ApplyOptions {
             read_cache: DEFAULT_READ_CACHE,
             legacy_buffer_limit: 256 << 20,
             hash_thread: true,
+            old_check: OldCheck::Before,
         }
     }
 }
@@ -70,29 +93,107 @@ pub(crate) fn verify_old(
     header: &Header,
     progress: &mut dyn Progress,
 ) -> Result<()> {
-    let mut hasher = Sha256::new();
-    if old.size() < header.old_size {
-        return Err(wrong_old(header, old.size(), None));
-    }
-    let mut buf = vec![0u8; 1 << 20];
-    let mut done = 0u64;
-    while done < header.old_size {
-        let n = (header.old_size - done).min(buf.len() as u64) as usize;
-        old.read_exact_at(done, &mut buf[..n])?;
-        hasher.update(&buf[..n]);
-        done += n as u64;
+    check_old_size(old, header)?;
+    let got = sha256_of_old(old, header.old_size, 1 << 20, &mut |done| {
         progress.report(ProgressEvent {
             operation: Operation::Verify,
             done,
             total: Some(header.old_size),
-        })?;
+        })
+    })?;
+    judge_old(header, old.size(), got)
+}
+
+fn check_old_size(old: &dyn ReadAt, header: &Header) -> Result<()> {
+    if old.size() < header.old_size {
+        return Err(wrong_old(header, old.size(), None));
     }
-    let got: [u8; 32] = hasher.finalize().into();
+    Ok(())
+}
+
+fn judge_old(header: &Header, size: u64, got: [u8; 32]) -> Result<()> {
     if got != header.old_sha256 {
-        let size = old.size();
         return Err(wrong_old(header, size, Some(got)));
     }
     Ok(())
+}
+
+/// SHA-256 of the first `size` bytes of `old`, read `chunk` bytes at a time;
+/// `after` hears the bytes done after each read and may stop the work.
+fn sha256_of_old(
+    old: &mut dyn ReadAt,
+    size: u64,
+    chunk: usize,
+    after: &mut dyn FnMut(u64) -> Result<()>,
+) -> Result<[u8; 32]> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; chunk];
+    let mut done = 0u64;
+    while done < size {
+        let n = (size - done).min(buf.len() as u64) as usize;
+        old.read_exact_at(done, &mut buf[..n])?;
+        hasher.update(&buf[..n]);
+        done += n as u64;
+        after(done)?;
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// The old image's read buffer of an [`OldCheck::Alongside`] check (part of
+/// the working set while it runs).
+const OLD_CHECK_CHUNK: usize = 64 << 10;
+
+/// The old image hashed on a second thread while the patch is applied.
+struct OldCheckThread {
+    worker: Option<std::thread::JoinHandle<Result<[u8; 32]>>>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl OldCheckThread {
+    fn spawn(mut reader: Box<dyn ReadAt + Send>, header: &Header) -> Result<Self> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&cancel);
+        let size = header.old_size;
+        let worker = std::thread::Builder::new()
+            .name("otaflash-old-sha256".into())
+            .spawn(move || {
+                sha256_of_old(&mut *reader, size, OLD_CHECK_CHUNK, &mut |_| {
+                    if stop.load(Ordering::Relaxed) {
+                        Err(Error::Cancelled)
+                    } else {
+                        Ok(())
+                    }
+                })
+            })
+            .map_err(|e| {
+                Error::InvalidArgument(format!("cannot start the old-image hashing thread: {e}"))
+            })?;
+        Ok(Self {
+            worker: Some(worker),
+            cancel,
+        })
+    }
+
+    fn is_done(&self) -> bool {
+        self.worker.as_ref().is_none_or(|w| w.is_finished())
+    }
+
+    /// Waits for the hash and refuses an old image other than `header`'s.
+    fn verdict(&mut self, header: &Header, old_size: u64) -> Result<()> {
+        let Some(worker) = self.worker.take() else {
+            return Ok(());
+        };
+        let got = worker
+            .join()
+            .map_err(|_| Error::InvalidArgument("the old-image hashing thread stopped".into()))??;
+        judge_old(header, old_size, got)
+    }
+}
+
+impl Drop for OldCheckThread {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
 }
 
 fn wrong_old(header: &Header, size: u64, got: Option<[u8; 32]>) -> Error {
@@ -195,8 +296,8 @@ enum OutputHash {
 }
 
 impl OutputHash {
-    fn new(hasher: Sha256, header: &Header, options: &ApplyOptions) -> Result<Self> {
-        if hash_thread(header, options) {
+    fn new(hasher: Sha256, header: &Header, helpers: Helpers) -> Result<Self> {
+        if helpers.hash_thread {
             let block = header.block_size as usize;
             Ok(Self::Background(BackgroundSha256::spawn(hasher, block)?))
         } else {
@@ -231,23 +332,41 @@ impl OutputHash {
 /// more than it saves.
 const HASH_THREAD_MIN_BLOCKS: u64 = 4;
 
-fn hash_thread(header: &Header, options: &ApplyOptions) -> bool {
-    let block = header.block_size as usize;
-    options.hash_thread
-        && header.new_size >= HASH_THREAD_MIN_BLOCKS * u64::from(header.block_size)
-        && body::working_set(header, options.read_cache) + block <= options.max_working_set
-        && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1)
+/// The threads that work beside the decoder, chosen once per apply: each
+/// needs a second core and room under the working-set limit (the new
+/// image's hash first, for it saves the most).
+#[derive(Clone, Copy, Debug)]
+struct Helpers {
+    hash_thread: bool,
+    old_alongside: bool,
+    working_set: usize,
 }
 
-/// Working memory of applying `header`'s patch: the decoder's, and the
-/// hashing thread's block if it runs.
-fn working_set(header: &Header, options: &ApplyOptions) -> usize {
-    let hashing = if hash_thread(header, options) {
-        header.block_size as usize
-    } else {
-        0
-    };
-    body::working_set(header, options.read_cache) + hashing
+impl Helpers {
+    fn choose(header: &Header, options: &ApplyOptions, old_readable_aside: bool) -> Self {
+        let block = header.block_size as usize;
+        let second_core = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+        let mut working_set = body::working_set(header, options.read_cache);
+        let hash_thread = options.hash_thread
+            && second_core
+            && header.new_size >= HASH_THREAD_MIN_BLOCKS * u64::from(header.block_size)
+            && working_set + block <= options.max_working_set;
+        if hash_thread {
+            working_set += block;
+        }
+        let old_alongside = options.old_check == OldCheck::Alongside
+            && old_readable_aside
+            && second_core
+            && working_set + OLD_CHECK_CHUNK <= options.max_working_set;
+        if old_alongside {
+            working_set += OLD_CHECK_CHUNK;
+        }
+        Self {
+            hash_thread,
+            old_alongside,
+            working_set,
+        }
+    }
 }
 
 struct OursState {
@@ -256,6 +375,9 @@ struct OursState {
     header_len: u64,
     body: BodyDecoder,
     new_hash: OutputHash,
+    helpers: Helpers,
+    /// The old image's check while it runs beside the decoder.
+    old_check: Option<OldCheckThread>,
     /// The output hash at the decoder's last frame boundary.
     boundary: (Position, Vec<u8>),
 }
@@ -343,7 +465,7 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
     /// Working memory of this apply, once the header is known.
     pub fn working_set(&self) -> Option<usize> {
         match &self.mode {
-            Mode::Ours(s) => Some(working_set(&s.header, &self.options)),
+            Mode::Ours(s) => Some(s.helpers.working_set),
             Mode::Bsdiff(b) => Some(b.working_set()),
             Mode::Vcdiff(v) => Some(v.working_set()),
             _ => self.working_set,
@@ -461,7 +583,21 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
             )));
         }
         self.check_budget(&header)?;
-        verify_old(&mut self.old, &header, progress)?;
+        let aside = match self.options.old_check {
+            OldCheck::Alongside => self.old.reader_for_thread(),
+            OldCheck::Before => None,
+        };
+        let helpers = Helpers::choose(&header, &self.options, aside.is_some());
+        let old_check = match aside {
+            Some(reader) if helpers.old_alongside => {
+                check_old_size(&self.old, &header)?;
+                Some(OldCheckThread::spawn(reader, &header)?)
+            }
+            _ => {
+                verify_old(&mut self.old, &header, progress)?;
+                None
+            }
+        };
         let pos = Position {
             body_pos: 0,
             out_pos: 0,
@@ -469,12 +605,14 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
         };
         let body = BodyDecoder::new(&header, self.options.read_cache, pos)?;
         let boundary = (pos, sha_state(&Sha256::new()));
-        let new_hash = OutputHash::new(Sha256::new(), &header, &self.options)?;
+        let new_hash = OutputHash::new(Sha256::new(), &header, helpers)?;
         Ok(OursState {
             header_len: head.len() as u64,
             header,
             body,
             new_hash,
+            helpers,
+            old_check,
             boundary,
         })
     }
@@ -490,12 +628,15 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
             frame_index: cp.frame_index,
         };
         let body = BodyDecoder::new(&header, self.options.read_cache, pos)?;
-        let new_hash = OutputHash::new(sha_restore(&cp.new_state)?, &header, &self.options)?;
+        let helpers = Helpers::choose(&header, &self.options, false);
+        let new_hash = OutputHash::new(sha_restore(&cp.new_state)?, &header, helpers)?;
         Ok(OursState {
             header,
             header_len,
             body,
             new_hash,
+            helpers,
+            old_check: None,
             boundary: (pos, cp.new_state),
         })
     }
@@ -530,7 +671,7 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
 
     fn finish_mode(&mut self, mode: Mode, progress: &mut dyn Progress) -> Result<ApplyReport> {
         self.working_set = match &mode {
-            Mode::Ours(s) => Some(working_set(&s.header, &self.options)),
+            Mode::Ours(s) => Some(s.helpers.working_set),
             Mode::Bsdiff(b) => Some(b.working_set()),
             Mode::Vcdiff(v) => Some(v.working_set()),
             _ => self.working_set,
@@ -550,8 +691,13 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
                     header_len,
                     body,
                     new_hash,
+                    old_check,
                     ..
                 } = *state;
+                // A wrong old image explains everything after it: first.
+                if let Some(mut check) = old_check {
+                    check.verdict(&header, self.old.size())?;
+                }
                 let body_seen = self.fed - header_len;
                 if body_seen < header.body_size || !body.is_complete() {
                     return Err(Error::PatchCorrupt(format!(
@@ -617,9 +763,11 @@ fn feed_ours(
 ) -> Result<()> {
     let total = state.header.new_size;
     let OursState {
+        header,
         body,
         new_hash,
         boundary,
+        old_check,
         ..
     } = state;
     // Feed the decoder piecewise so the output hash can be captured exactly
@@ -643,6 +791,9 @@ fn feed_ours(
         let after = body.boundary();
         if after != before {
             *boundary = (after, new_hash.state()?);
+            if let Some(check) = old_check.as_mut().filter(|c| c.is_done()) {
+                check.verdict(header, old.size())?;
+            }
         }
     }
     Ok(())

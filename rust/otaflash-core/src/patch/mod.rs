@@ -13,6 +13,7 @@ mod vcdiff;
 
 pub use apply::{
     Applier, ApplyOptions, ApplyReport, Checkpoint, DEFAULT_MAX_WORKING_SET, DEFAULT_READ_CACHE,
+    OldCheck,
 };
 pub use body::working_set;
 pub use format::{Compression, Header, Kind};
