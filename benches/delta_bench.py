@@ -4,7 +4,8 @@
 Every tool runs as a whole process under GNU time (wall time from a monotonic
 clock around start-to-exit, peak RSS from ``%M``), every output is compared
 with the real new image, and the medians go to a JSON file and a Markdown
-table. otaflash runs as ``otaflash-delta`` (the engine's small Rust CLI; no
+table. Applies repeat for about RUN_BUDGET_S seconds each (3 to 31 runs).
+otaflash runs as ``otaflash-delta`` (the engine's small Rust CLI; no
 Python start-up, like the peers' C programs), plus one ``python -m otaflash
 patch`` row so the product's own CLI is on the table too. In-process
 throughput comes from ``otaflash-delta apply --stats``.
@@ -80,19 +81,36 @@ def run_timed(cmd: list[str], timeout: float) -> tuple[float, int, str]:
         return wall, int(rss.read().strip().splitlines()[-1]), stderr
 
 
-def measure(cmd: list[str], runs: int, warmup: int, timeout: float) -> dict[str, Any]:
+# Quick runs are repeated until about this many seconds (at most
+# MAX_RUNS): on a shared 2-core machine one run of a 0.1 s apply varies by
+# +-10 %, so three runs' median would decide a ratio near 1.0 by chance.
+RUN_BUDGET_S = 3.0
+MAX_RUNS = 31
+
+
+def measure(
+    cmd: list[str], runs: int, warmup: int, timeout: float, *, budget: float = 0.0
+) -> dict[str, Any]:
+    """Medians of `runs` runs after `warmup` ones; with a `budget`, quick
+    commands run more often, as many times as fit it (timed by the warmup)."""
     walls, rsss, stderrs = [], [], []
-    for i in range(warmup + runs):
+    i, total = 0, warmup + runs
+    while i < total:
         wall, rss, stderr = run_timed(cmd, timeout)
-        if i >= warmup:
+        if i < warmup:
+            if budget and i == warmup - 1:
+                total = warmup + min(MAX_RUNS, max(runs, int(budget / max(wall, 1e-3))))
+        else:
             walls.append(wall)
             rsss.append(rss)
             stderrs.append(stderr)
+        i += 1
     return {
         "cmd": cmd,
         "wall": statistics.median(walls),
         "wall_min": min(walls),
         "wall_max": max(walls),
+        "runs": len(walls),
         "rss_mib": statistics.median(rsss) / 1024,
         "stderr": stderrs,
     }
@@ -286,7 +304,7 @@ def bench_pair(  # noqa: PLR0917
             if not patch or not os.path.exists(patch):
                 continue
             out = str(work / f"{name}.{tool.ext}.out")
-            apply = measure(tool.apply(old, patch, out), runs, 1, timeout)
+            apply = measure(tool.apply(old, patch, out), runs, 1, timeout, budget=RUN_BUDGET_S)
             identical = Path(out).read_bytes() == new_bytes
             os.unlink(out)
         except (RuntimeError, subprocess.TimeoutExpired) as e:
