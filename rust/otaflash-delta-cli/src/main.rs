@@ -4,8 +4,11 @@
 //!     otaflash-delta diff OLD NEW PATCH [--compression zstd|lzma2] [--level N] [--window-log N] [--block-size N] [--threads N]
 //!     otaflash-delta apply OLD PATCH OUT [--stats]
 //!
-//! `--stats` prints one JSON line on stderr: the in-process apply time (from
-//! opening the files to the verified end) and the applier's working set.
+//! `apply` writes `OUT.part` and renames it to OUT once the new image's
+//! SHA-256 matched, like `otaflash patch`, so it checks the old image on a
+//! second thread while applying. `--stats` prints one JSON line on stderr:
+//! the in-process apply time (from opening the files to the verified end)
+//! and the applier's working set.
 //!
 //! The product's command line is `otaflash diff|patch|patch-info`.
 
