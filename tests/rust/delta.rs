@@ -57,12 +57,39 @@ fn small_opts() -> DiffOptions {
 }
 
 fn apply_chunked(old: &[u8], patch: &[u8], chunk: usize) -> Result<Vec<u8>> {
-    let mut applier = Applier::new(old, Vec::new(), ApplyOptions::default());
-    for piece in patch.chunks(chunk.max(1)) {
-        applier.feed(piece)?;
-    }
-    applier.finish()?;
-    Ok(applier.into_parts().1)
+    let (report, _, out) = apply_with(old, patch, chunk, ApplyOptions::default());
+    report.map(|_| out)
+}
+
+/// Applies `patch` fed in `chunk`-byte pieces: the result, the working set
+/// and what reached the sink.
+fn apply_with(
+    old: impl ReadAt,
+    patch: &[u8],
+    chunk: usize,
+    options: ApplyOptions,
+) -> (Result<ApplyReport>, Option<usize>, Vec<u8>) {
+    let mut applier = Applier::new(old, Vec::new(), options);
+    let result = patch
+        .chunks(chunk.max(1))
+        .try_for_each(|piece| applier.feed(piece))
+        .and_then(|()| applier.finish());
+    let working_set = applier.working_set();
+    (result, working_set, applier.into_parts().1)
+}
+
+/// [`apply_with`] that must make `new`: the report and the working set.
+fn apply_to(
+    old: &[u8],
+    patch: &[u8],
+    chunk: usize,
+    options: ApplyOptions,
+    new: &[u8],
+) -> (ApplyReport, usize) {
+    let (report, working_set, out) = apply_with(old, patch, chunk, options);
+    let report = report.unwrap();
+    assert!(out == new, "the output differs from the new image");
+    (report, working_set.unwrap())
 }
 
 #[test]
@@ -237,14 +264,7 @@ fn old_image_checked_alongside_gives_the_same_result_and_refuses_a_wrong_one() {
     std::fs::write(&good, &old).unwrap();
     std::fs::write(&bad, &other).unwrap();
     let apply = |path: &std::path::Path, options: ApplyOptions| {
-        let source = FileSource::open(path).unwrap();
-        let mut applier = Applier::new(source, Vec::new(), options);
-        let result: Result<ApplyReport> = patch
-            .chunks(5000)
-            .try_for_each(|chunk| applier.feed(chunk))
-            .and_then(|()| applier.finish());
-        let working_set = applier.working_set();
-        (result, working_set, applier.into_parts().1)
+        apply_with(FileSource::open(path).unwrap(), &patch, 5000, options)
     };
     let alongside = ApplyOptions {
         old_check: OldCheck::Alongside,
@@ -382,16 +402,7 @@ fn large_lzma2_images_split_in_streams_within_four_mib() {
     let one = diff(&old, &new, &one).unwrap();
     assert!(!Header::decode(&one).unwrap().split_streams);
     for patch in [&split, &one] {
-        let apply = |options: ApplyOptions| {
-            let mut applier = Applier::new(old.as_slice(), Vec::new(), options);
-            for chunk in patch.chunks(100_003) {
-                applier.feed(chunk).unwrap();
-            }
-            applier.finish().unwrap();
-            let working_set = applier.working_set().unwrap();
-            assert_eq!(applier.into_parts().1, new);
-            working_set
-        };
+        let apply = |options| apply_to(&old, patch, 100_003, options, &new).1;
         let threaded = apply(ApplyOptions::default());
         assert!(threaded <= 4 << 20, "{threaded}");
         if std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
@@ -415,14 +426,7 @@ fn large_zstd_images_hash_on_threads_within_four_mib() {
     };
     let patch = diff(&old, &new, &opts).unwrap();
     assert_eq!(Header::decode(&patch).unwrap().block_size, 256 << 10);
-    let apply = |options: ApplyOptions| {
-        let mut applier = Applier::new(old.as_slice(), Vec::new(), options);
-        applier.feed(&patch).unwrap();
-        applier.finish().unwrap();
-        let working_set = applier.working_set().unwrap();
-        assert_eq!(applier.into_parts().1, new);
-        working_set
-    };
+    let apply = |options| apply_to(&old, &patch, patch.len(), options, &new).1;
     let threaded = apply(ApplyOptions::default());
     assert!(threaded + (64 << 10) <= 4 << 20, "{threaded}");
     if std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
@@ -438,16 +442,7 @@ fn large_zstd_images_hash_on_threads_within_four_mib() {
 fn the_hash_thread_runs_within_the_budget_and_gives_the_same_result() {
     let (old, new) = pair(100_000, 9);
     let patch = diff(&old, &new, &small_opts()).unwrap();
-    let apply = |options: ApplyOptions| {
-        let mut applier = Applier::new(old.as_slice(), Vec::new(), options);
-        for chunk in patch.chunks(3000) {
-            applier.feed(chunk).unwrap();
-        }
-        let report = applier.finish().unwrap();
-        let working_set = applier.working_set().unwrap();
-        assert_eq!(applier.into_parts().1, new);
-        (report, working_set)
-    };
+    let apply = |options| apply_to(&old, &patch, 3000, options, &new);
     let (inline, inline_set) = apply(ApplyOptions {
         hash_thread: false,
         ..ApplyOptions::default()
