@@ -78,6 +78,25 @@ fn apply_with(
     (result, working_set, applier.into_parts().1)
 }
 
+/// The working set of applying `patch` with the default options; with a
+/// second core, the hashing thread must have added one `block` to it.
+fn threaded_working_set(old: &[u8], patch: &[u8], chunk: usize, new: &[u8], block: usize) -> usize {
+    let threaded = apply_to(old, patch, chunk, ApplyOptions::default(), new).1;
+    if two_cores() {
+        let inline = ApplyOptions {
+            hash_thread: false,
+            ..ApplyOptions::default()
+        };
+        let inline = apply_to(old, patch, chunk, inline, new).1;
+        assert_eq!(threaded, inline + block, "no hashing thread");
+    }
+    threaded
+}
+
+fn two_cores() -> bool {
+    std::thread::available_parallelism().is_ok_and(|n| n.get() > 1)
+}
+
 /// [`apply_with`] that must make `new`: the report and the working set.
 fn apply_to(
     old: &[u8],
@@ -274,7 +293,7 @@ fn old_image_checked_alongside_gives_the_same_result_and_refuses_a_wrong_one() {
     let (aside, aside_set, out) = apply(&good, alongside.clone());
     assert_eq!(aside.unwrap(), before.unwrap());
     assert_eq!(out, new);
-    if std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
+    if two_cores() {
         // The thread's 64 KiB read buffer.
         assert_eq!(aside_set.unwrap(), before_set.unwrap() + (64 << 10));
     }
@@ -402,16 +421,8 @@ fn large_lzma2_images_split_in_streams_within_four_mib() {
     let one = diff(&old, &new, &one).unwrap();
     assert!(!Header::decode(&one).unwrap().split_streams);
     for patch in [&split, &one] {
-        let apply = |options| apply_to(&old, patch, 100_003, options, &new).1;
-        let threaded = apply(ApplyOptions::default());
+        let threaded = threaded_working_set(&old, patch, 100_003, &new, 512 << 10);
         assert!(threaded <= 4 << 20, "{threaded}");
-        if std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
-            let inline = apply(ApplyOptions {
-                hash_thread: false,
-                ..ApplyOptions::default()
-            });
-            assert_eq!(threaded, inline + (512 << 10), "no hashing thread");
-        }
     }
 }
 
@@ -426,16 +437,8 @@ fn large_zstd_images_hash_on_threads_within_four_mib() {
     };
     let patch = diff(&old, &new, &opts).unwrap();
     assert_eq!(Header::decode(&patch).unwrap().block_size, 256 << 10);
-    let apply = |options| apply_to(&old, &patch, patch.len(), options, &new).1;
-    let threaded = apply(ApplyOptions::default());
+    let threaded = threaded_working_set(&old, &patch, patch.len(), &new, 256 << 10);
     assert!(threaded + (64 << 10) <= 4 << 20, "{threaded}");
-    if std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
-        let inline = apply(ApplyOptions {
-            hash_thread: false,
-            ..ApplyOptions::default()
-        });
-        assert_eq!(threaded, inline + (256 << 10), "no hashing thread");
-    }
 }
 
 #[test]
@@ -449,7 +452,7 @@ fn the_hash_thread_runs_within_the_budget_and_gives_the_same_result() {
     });
     let (threaded, threaded_set) = apply(ApplyOptions::default());
     assert_eq!(inline, threaded);
-    if std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
+    if two_cores() {
         // The thread holds one block of 4096 bytes.
         assert_eq!(threaded_set, inline_set + 4096);
     }
