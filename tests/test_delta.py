@@ -121,6 +121,7 @@ def test_lzma2_patches_are_smaller_and_apply_the_same(
         assert isinstance(record["x86_branches"], bool)
         # Small images keep one LZMA2 stream per frame.
         assert record["split_streams"] is False
+        assert record["record_columns"] is True
         sizes[codec] = patch_p.stat().st_size
         assert main(["patch", str(old_p), str(patch_p), "-o", str(out_p)]) == 0
         capsys.readouterr()

@@ -1,6 +1,6 @@
 //! Structure-aware: builds a patch whose header, frame headers and checksums
 //! are valid, around fuzzer-chosen frame geometry and payload bytes, so the
-//! block/record/sparse-run decoder and the zstd and LZMA2 (one or three streams) paths get the fuzzer's full attention (a
+//! block/record (both layouts)/sparse-run decoder and the zstd and LZMA2 (one or three streams) paths get the fuzzer's full attention (a
 //! plain byte fuzzer stops at the header CRC).
 #![no_main]
 
@@ -80,6 +80,7 @@ fuzz_target!(|data: &[u8]| {
         sparse_diffs: layout & 1 != 0,
         x86_branches: layout & 4 != 0,
         split_streams: compression == Compression::Lzma2 && layout & 8 != 0,
+        record_columns: layout & 16 != 0,
     };
     let mut patch = header.encode();
     patch.extend_from_slice(&body);

@@ -152,11 +152,25 @@ fn round_trip_in_any_chunking() {
             split_streams: Some(true),
             ..DiffOptions::default()
         },
+        // Records one after another, as patches before record columns.
+        DiffOptions {
+            record_columns: false,
+            sparse_diffs: Some(true),
+            ..small_opts()
+        },
+        DiffOptions {
+            compression: Compression::Lzma2,
+            level: 6,
+            split_streams: Some(true),
+            record_columns: false,
+            ..DiffOptions::default()
+        },
     ] {
         let patch = diff(&old, &new, &opts).unwrap();
         let header = Header::decode(&patch).unwrap();
         assert_eq!(header.compression, opts.compression);
         assert_eq!(header.split_streams, opts.split_streams == Some(true));
+        assert_eq!(header.record_columns, opts.record_columns);
         if let Some(sparse) = opts.sparse_diffs {
             assert_eq!(header.sparse_diffs, sparse);
         }

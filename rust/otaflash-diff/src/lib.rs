@@ -57,6 +57,10 @@ pub struct DiffOptions {
     /// small ones and in-place patches, whose frames hold few blocks, lose
     /// more to the three streams' ends than they gain.
     pub split_streams: Option<bool>,
+    /// Store each block's records field by field (docs/patch-format.md
+    /// section 4; ruff's records stream -5 %). Off only for appliers older
+    /// than record columns.
+    pub record_columns: bool,
 }
 
 impl Default for DiffOptions {
@@ -73,6 +77,7 @@ impl Default for DiffOptions {
             sparse_diffs: None,
             x86_branches: None,
             split_streams: None,
+            record_columns: true,
         }
     }
 }
@@ -431,6 +436,7 @@ pub fn diff_with(
         sparse_diffs,
         x86_branches,
         split_streams: split,
+        record_columns: opts.record_columns,
     };
     let mut patch = header.encode();
     patch.extend_from_slice(&body);
@@ -716,6 +722,7 @@ fn build_frames(
         let mut sections = Vec::with_capacity(group.len());
         for pieces in group {
             format::put_varint(&mut raw, pieces.len() as u64);
+            let mut seeks = Vec::with_capacity(pieces.len());
             for p in pieces {
                 idx += 1;
                 let pos = if p.copy > 0 { p.old } else { old_pos };
@@ -724,12 +731,26 @@ fn build_frames(
                     .iter()
                     .find(|q| q.copy > 0)
                     .map_or(pos + p.copy, |q| q.old);
-                let seek = next as i64 - (pos + p.copy) as i64;
-                format::put_varint(&mut raw, p.copy);
-                format::put_varint(&mut raw, p.extra);
-                format::put_signed(&mut raw, seek);
-                old_pos = pos + p.copy;
-                old_pos = (old_pos as i64 + seek) as u64;
+                seeks.push(next as i64 - (pos + p.copy) as i64);
+                old_pos = next;
+            }
+            if opts.record_columns {
+                // The third column is the change of offset: seek - extra.
+                for p in pieces {
+                    format::put_varint(&mut raw, p.copy);
+                }
+                for p in pieces {
+                    format::put_varint(&mut raw, p.extra);
+                }
+                for (p, &seek) in pieces.iter().zip(&seeks) {
+                    format::put_signed(&mut raw, seek - p.extra as i64);
+                }
+            } else {
+                for (p, &seek) in pieces.iter().zip(&seeks) {
+                    format::put_varint(&mut raw, p.copy);
+                    format::put_varint(&mut raw, p.extra);
+                    format::put_signed(&mut raw, seek);
+                }
             }
             let mut diffs = Vec::new();
             for p in pieces {

@@ -176,6 +176,13 @@ enum Phase {
     Records {
         left: u64,
     },
+    /// `record_columns`: reading field `column` (0 copies, 1 extras, 2
+    /// offset changes) of record `index` of `count`.
+    Columns {
+        column: u8,
+        index: usize,
+        count: usize,
+    },
     /// Sparse patches: the block's difference encoding (0: all bytes follow;
     /// n: n - 1 runs of non-zero bytes).
     DiffMode,
@@ -762,26 +769,19 @@ impl BodyDecoder {
                     self.filled = 0;
                     self.spans.clear();
                     self.copies.clear();
-                    self.phase = Phase::Records { left: count };
+                    self.phase = if self.header.record_columns {
+                        Phase::Columns {
+                            column: 0,
+                            index: 0,
+                            count: count as usize,
+                        }
+                    } else {
+                        Phase::Records { left: count }
+                    };
                 }
                 Phase::Records { left } => {
                     if left == 0 {
-                        if self.filled != self.block_len {
-                            return Err(corrupt(format!(
-                                "a block's records make {} of its {} bytes",
-                                self.filled, self.block_len
-                            )));
-                        }
-                        self.cache.gather(
-                            old,
-                            &mut self.copies,
-                            &mut self.block[..self.block_len],
-                        )?;
-                        self.phase = if self.header.sparse_diffs {
-                            Phase::DiffMode
-                        } else {
-                            Phase::Diff { span: 0, done: 0 }
-                        };
+                        self.records_done(old)?;
                         continue;
                     }
                     let mark = self.st_start;
@@ -793,8 +793,36 @@ impl BodyDecoder {
                         self.st_start = mark;
                         return Ok(());
                     };
-                    self.record(copy, extra, unzigzag(seek))?;
+                    let span = self.record(copy, extra, unzigzag(seek))?;
+                    self.spans.push(span);
                     self.phase = Phase::Records { left: left - 1 };
+                }
+                Phase::Columns {
+                    column,
+                    index,
+                    count,
+                } => {
+                    if index == count {
+                        if column == 2 {
+                            self.records_done(old)?;
+                        } else {
+                            self.phase = Phase::Columns {
+                                column: column + 1,
+                                index: 0,
+                                count,
+                            };
+                        }
+                        continue;
+                    }
+                    let Some(value) = self.take_varint()? else {
+                        return Ok(());
+                    };
+                    self.record_field(column, index, value)?;
+                    self.phase = Phase::Columns {
+                        column,
+                        index: index + 1,
+                        count,
+                    };
                 }
                 Phase::DiffMode => {
                     let Some(mode) = self.take_varint()? else {
@@ -946,7 +974,68 @@ impl BodyDecoder {
         self.st_start += n;
     }
 
-    fn record(&mut self, copy: u64, extra: u64, seek: i64) -> Result<()> {
+    /// All the block's records are read: checks they fill it, reads their
+    /// old bytes.
+    fn records_done(&mut self, old: &mut dyn ReadAt) -> Result<()> {
+        if self.filled != self.block_len {
+            return Err(corrupt(format!(
+                "a block's records make {} of its {} bytes",
+                self.filled, self.block_len
+            )));
+        }
+        self.cache
+            .gather(old, &mut self.copies, &mut self.block[..self.block_len])?;
+        self.phase = if self.header.sparse_diffs {
+            Phase::DiffMode
+        } else {
+            Phase::Diff { span: 0, done: 0 }
+        };
+        Ok(())
+    }
+
+    /// One field of a record stored in columns: copies and extras are held
+    /// in `spans` until the offset changes place each record.
+    fn record_field(&mut self, column: u8, index: usize, value: u64) -> Result<()> {
+        if column < 2 && value > self.block_len as u64 {
+            return Err(corrupt(format!(
+                "a record of {value} {} bytes does not fit its {}-byte block",
+                if column == 0 { "copied" } else { "literal" },
+                self.block_len
+            )));
+        }
+        if column == 0 {
+            self.spans.push(Span {
+                at: 0,
+                copy: value as u32,
+                extra: 0,
+            });
+            return Ok(());
+        }
+        let Span { copy, extra, .. } = *self
+            .spans
+            .get(index)
+            .ok_or_else(|| corrupt("a record field without its record"))?;
+        let placed = if column == 1 {
+            Span {
+                at: 0,
+                copy,
+                extra: value as u32,
+            }
+        } else {
+            // The offset change counts the literals: the old position moves
+            // past them too.
+            let seek = unzigzag(value).saturating_add(i64::from(extra));
+            self.record(u64::from(copy), u64::from(extra), seek)?
+        };
+        if let Some(span) = self.spans.get_mut(index) {
+            *span = placed;
+        }
+        Ok(())
+    }
+
+    /// Checks and places a record at the block's fill point: queues its
+    /// copy and moves the old position.
+    fn record(&mut self, copy: u64, extra: u64, seek: i64) -> Result<Span> {
         let room = (self.block_len - self.filled) as u64;
         let total = copy.saturating_add(extra);
         if total == 0 || total > room {
@@ -973,13 +1062,12 @@ impl BodyDecoder {
             )));
         }
         self.old_pos = next as u64;
-        self.spans.push(Span {
+        self.filled += total as usize;
+        Ok(Span {
             at: at as u32,
             copy: copy as u32,
             extra: extra as u32,
-        });
-        self.filled += total as usize;
-        Ok(())
+        })
     }
 
     fn finish_block(&mut self, emit: &mut Emit<'_>) -> Result<()> {

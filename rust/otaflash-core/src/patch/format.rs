@@ -136,14 +136,18 @@ pub struct Header {
     /// LZMA2 only: each frame is three streams, of the blocks' records,
     /// differences and literals, interleaved block by block (section 3.1).
     pub split_streams: bool,
+    /// A block's records are stored field by field (all copies, all extras,
+    /// then all offset changes) rather than record by record (section 4).
+    pub record_columns: bool,
 }
 
 /// Byte 6 of the header: kind in bits 0-1, compression in bits 2-3, then
 /// the flags: blocks carry a difference encoding; literals hold x86 branch
-/// targets absolute; LZMA2 frames are three streams.
+/// targets absolute; LZMA2 frames are three streams; records are columns.
 const FLAG_SPARSE_DIFFS: u8 = 1 << 4;
 const FLAG_X86_BRANCHES: u8 = 1 << 5;
 const FLAG_SPLIT_STREAMS: u8 = 1 << 6;
+const FLAG_RECORD_COLUMNS: u8 = 1 << 7;
 
 /// The dictionaries of a split LZMA2 frame's streams (records, differences,
 /// literals) for window log `w`: 1/64, 1/8 and 7/8 of 2^w, together just
@@ -252,6 +256,9 @@ impl Header {
         if self.split_streams {
             kind_flags |= FLAG_SPLIT_STREAMS;
         }
+        if self.record_columns {
+            kind_flags |= FLAG_RECORD_COLUMNS;
+        }
         b.push(kind_flags);
         b.push(self.block_size.trailing_zeros() as u8);
         b.push(self.window_log);
@@ -303,11 +310,6 @@ impl Header {
                 "it says its {} frames are split in streams, which only LZMA2 frames are",
                 compression.name()
             )));
-        }
-        if b[6] & 0x80 != 0 {
-            return Err(Error::PatchUnsupported(
-                "reserved header flags are set".into(),
-            ));
         }
         let block_log = b[7];
         if !(MIN_BLOCK_SIZE.trailing_zeros()..=MAX_BLOCK_SIZE.trailing_zeros())
@@ -370,6 +372,7 @@ impl Header {
             sparse_diffs: b[6] & FLAG_SPARSE_DIFFS != 0,
             x86_branches: b[6] & FLAG_X86_BRANCHES != 0,
             split_streams,
+            record_columns: b[6] & FLAG_RECORD_COLUMNS != 0,
         };
         header.check_geometry()?;
         Ok(header)
@@ -612,6 +615,7 @@ mod tests {
             sparse_diffs: false,
             x86_branches: false,
             split_streams: false,
+            record_columns: false,
         }
     }
 
@@ -632,6 +636,7 @@ mod tests {
             body_sha256: Some([3; 32]),
             sparse_diffs: true,
             x86_branches: true,
+            record_columns: true,
             ..sample()
         }
     }
