@@ -996,39 +996,35 @@ impl BodyDecoder {
     /// One field of a record stored in columns: copies and extras are held
     /// in `spans` until the offset changes place each record.
     fn record_field(&mut self, column: u8, index: usize, value: u64) -> Result<()> {
-        if column < 2 && value > self.block_len as u64 {
+        if column == 2 {
+            let Span { copy, extra, .. } = *self
+                .spans
+                .get(index)
+                .ok_or_else(|| corrupt("a record field without its record"))?;
+            // The offset change counts the literals: the old position moves
+            // past them too.
+            let seek = unzigzag(value).saturating_add(i64::from(extra));
+            let placed = self.record(u64::from(copy), u64::from(extra), seek)?;
+            if let Some(span) = self.spans.get_mut(index) {
+                *span = placed;
+            }
+            return Ok(());
+        }
+        if value > self.block_len as u64 {
             return Err(corrupt(format!(
                 "a record of {value} {} bytes does not fit its {}-byte block",
                 if column == 0 { "copied" } else { "literal" },
                 self.block_len
             )));
         }
-        if column == 0 {
-            self.spans.push(Span {
+        match self.spans.get_mut(index) {
+            Some(span) if column == 1 => span.extra = value as u32,
+            None if column == 0 => self.spans.push(Span {
                 at: 0,
                 copy: value as u32,
                 extra: 0,
-            });
-            return Ok(());
-        }
-        let Span { copy, extra, .. } = *self
-            .spans
-            .get(index)
-            .ok_or_else(|| corrupt("a record field without its record"))?;
-        let placed = if column == 1 {
-            Span {
-                at: 0,
-                copy,
-                extra: value as u32,
-            }
-        } else {
-            // The offset change counts the literals: the old position moves
-            // past them too.
-            let seek = unzigzag(value).saturating_add(i64::from(extra));
-            self.record(u64::from(copy), u64::from(extra), seek)?
-        };
-        if let Some(span) = self.spans.get_mut(index) {
-            *span = placed;
+            }),
+            _ => return Err(corrupt("a record field without its record")),
         }
         Ok(())
     }
