@@ -1,7 +1,9 @@
 //! Structure-aware: builds a patch whose header, frame headers and checksums
 //! are valid, around fuzzer-chosen frame geometry and payload bytes, so the
-//! block/record (both layouts)/sparse-run decoder and the zstd and LZMA2 (one or three streams) paths get the fuzzer's full attention (a
-//! plain byte fuzzer stops at the header CRC).
+//! block/record (both layouts)/sparse difference (runs and bitmaps, both
+//! versions' numbering) decoder and the zstd and LZMA2 (one or three
+//! streams) paths get the fuzzer's full attention (a plain byte fuzzer stops
+//! at the header CRC).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -64,6 +66,8 @@ fuzz_target!(|data: &[u8]| {
         left -= out_len;
     }
     let header = Header {
+        // Both versions: their sparse modes are numbered differently.
+        version: if layout & 32 != 0 { 2 } else { 3 },
         kind: Kind::Sequential,
         compression,
         block_size,

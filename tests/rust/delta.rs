@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use otaflash_core::inplace::InPlaceTarget;
 use otaflash_core::io::{FileSource, ReadAt};
-use otaflash_core::patch::format::Header;
+use otaflash_core::patch::format::{DiffMode, FrameHeader, Header, get_varint};
 use otaflash_core::patch::{
     Applier, ApplyOptions, ApplyReport, Compression, OldCheck, apply_in_place,
 };
@@ -325,6 +325,154 @@ fn old_image_checked_alongside_gives_the_same_result_and_refuses_a_wrong_one() {
     let err = applier.feed(&patch).unwrap_err();
     assert!(matches!(err, Error::PatchWrongOld { .. }), "{err}");
     assert!(applier.into_parts().1.is_empty());
+}
+
+/// A rebuild in which many addresses moved a little: one byte in every
+/// dozen or so differs (ARM literal pools and branch offsets), and five new
+/// bytes early on.
+fn scattered_pair(len: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let (old, _) = pair(len, seed);
+    let mut new = old.clone();
+    new.splice(len / 10..len / 10, noise(5, seed + 8));
+    let mut at = 0;
+    for r in noise(len / 4, seed + 9) {
+        at += 4 + usize::from(r % 16);
+        if let Some(byte) = new.get_mut(at) {
+            *byte = byte.wrapping_add(1 + r % 3);
+        }
+    }
+    (old, new)
+}
+
+/// An uncompressed patch's first frame: its header, its raw payload, and
+/// where the first block's difference mode varint starts in that payload
+/// with the bytes that block copies.
+fn first_block(patch: &[u8]) -> (FrameHeader, Vec<u8>, usize, u64) {
+    let header = Header::decode(patch).unwrap();
+    assert_eq!(header.compression, Compression::None);
+    let body = &patch[header.encoded_len()..];
+    let (fh, _, len) = FrameHeader::decode(body, 0, &header, header.new_size)
+        .unwrap()
+        .unwrap();
+    let raw = body[len..len + fh.comp_len as usize].to_vec();
+    let mut at = 0;
+    let mut next = || {
+        let (v, n) = get_varint(&raw[at..]).unwrap().unwrap();
+        at += n;
+        v
+    };
+    let count = next();
+    // Record columns: all copy lengths first.
+    let copied = (0..count).map(|_| next()).sum();
+    for _ in 0..2 * count {
+        next();
+    }
+    (fh, raw, at, copied)
+}
+
+fn first_diff_mode(patch: &[u8]) -> DiffMode {
+    let (_, raw, at, _) = first_block(patch);
+    let version = Header::decode(patch).unwrap().version;
+    DiffMode::from_value(version, get_varint(&raw[at..]).unwrap().unwrap().0)
+}
+
+#[test]
+fn scattered_changes_take_the_difference_bitmap_and_few_take_runs() {
+    let uncompressed = DiffOptions {
+        compression: Compression::None,
+        sparse_diffs: Some(true),
+        ..small_opts()
+    };
+    let (old, new) = pair(40_000, 11);
+    assert!(matches!(
+        first_diff_mode(&diff(&old, &new, &uncompressed).unwrap()),
+        DiffMode::Runs(n) if n > 0
+    ));
+    let (old, new) = scattered_pair(40_000, 11);
+    let patch = diff(&old, &new, &uncompressed).unwrap();
+    assert_eq!(first_diff_mode(&patch), DiffMode::Bitmap);
+    for opts in [
+        uncompressed.clone(),
+        DiffOptions {
+            sparse_diffs: Some(true),
+            ..small_opts()
+        },
+        DiffOptions {
+            compression: Compression::Lzma2,
+            level: 9,
+            sparse_diffs: Some(true),
+            ..small_opts()
+        },
+    ] {
+        let patch = diff(&old, &new, &opts).unwrap();
+        let whole = diff(
+            &old,
+            &new,
+            &DiffOptions {
+                sparse_diffs: Some(false),
+                ..opts.clone()
+            },
+        )
+        .unwrap();
+        assert!(
+            patch.len() < whole.len(),
+            "{:?}: bitmap {} bytes, whole {}",
+            opts.compression,
+            patch.len(),
+            whole.len()
+        );
+        for chunk in [1, 7, 4096, patch.len()] {
+            assert_eq!(apply_chunked(&old, &patch, chunk).unwrap(), new);
+        }
+    }
+    // A smaller pair for the corrupted-patch corpus.
+    let (old, new) = scattered_pair(6_000, 12);
+    let patch = diff(&old, &new, &uncompressed).unwrap();
+    assert_eq!(first_diff_mode(&patch), DiffMode::Bitmap);
+    for len in 0..patch.len() {
+        assert!(
+            apply_chunked(&old, &patch[..len], 700).is_err(),
+            "length {len}"
+        );
+    }
+    for bit in 0..patch.len() * 8 {
+        let mut bad = patch.clone();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        assert!(apply_chunked(&old, &bad, 512).is_err(), "bit {bit}");
+    }
+    // A bitmap marking a byte past the block's copies, under a valid CRC
+    // (the inserted literals leave spare bits in its last byte).
+    let (fh, mut raw, at, copied) = first_block(&patch);
+    assert_ne!(copied % 8, 0);
+    raw[at + 1 + (copied as usize).div_ceil(8) - 1] |= 0x80;
+    let header = Header::decode(&patch).unwrap();
+    let frame_start = header.encoded_len();
+    let (_, _, len) = FrameHeader::decode(&patch[frame_start..], 0, &header, header.new_size)
+        .unwrap()
+        .unwrap();
+    let mut bad = patch[..frame_start].to_vec();
+    bad.extend_from_slice(&fh.encode(&raw));
+    bad.extend_from_slice(&raw);
+    bad.extend_from_slice(&patch[frame_start + len + raw.len()..]);
+    let err = apply_chunked(&old, &bad, 4096).unwrap_err();
+    assert!(err.to_string().contains("past its block's copies"), "{err}");
+}
+
+/// Version 2 patches (made before the bitmap mode, whose run modes count
+/// from 1) still apply: one zstd and one LZMA2, both with difference runs.
+#[test]
+fn version_two_patches_apply() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors/delta-v2");
+    let old = std::fs::read(dir.join("old")).unwrap();
+    let new = std::fs::read(dir.join("new")).unwrap();
+    for name in ["zstd.otap", "lzma2.otap"] {
+        let patch = std::fs::read(dir.join(name)).unwrap();
+        let header = Header::decode(&patch).unwrap();
+        assert_eq!((header.version, header.sparse_diffs), (2, true), "{name}");
+        for chunk in [1, 50, patch.len()] {
+            assert_eq!(apply_chunked(&old, &patch, chunk).unwrap(), new, "{name}");
+        }
+    }
 }
 
 /// One option set per body encoding: zstd, LZMA2, with sparse differences

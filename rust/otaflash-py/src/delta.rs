@@ -240,7 +240,7 @@ pub fn patch_info<'py>(head: &Bound<'py, PyAny>) -> OtaResult<Bound<'py, PyDict>
                 Kind::InPlace => "in-place",
             };
             d.set_item("format", "otaflash")?;
-            d.set_item("version", patch::format::VERSION)?;
+            d.set_item("version", h.version)?;
             d.set_item("kind", kind)?;
             d.set_item("compression", h.compression.name())?;
             d.set_item("sparse_diffs", h.sparse_diffs)?;

@@ -7,7 +7,7 @@ use liblzma::stream::{Action, Filters, LzmaOptions, Status, Stream};
 use zstd::zstd_safe::{self, DCtx, DParameter, InBuffer, OutBuffer, ResetDirective};
 
 use super::format::{
-    Compression, FrameHeader, Header, MAX_FRAME_HEADER_LEN, RECORD_DENSITY, get_varint,
+    Compression, DiffMode, FrameHeader, Header, MAX_FRAME_HEADER_LEN, RECORD_DENSITY, get_varint,
     split_dictionaries, unzigzag,
 };
 use crate::io::ReadAt;
@@ -30,10 +30,12 @@ fn corrupt(what: impl Into<String>) -> Error {
 pub fn working_set(header: &Header, read_cache: usize) -> usize {
     let block = header.block_size as usize;
     let mut entry = std::mem::size_of::<Span>() + std::mem::size_of::<(u64, u32, u32)>();
+    let mut bitmap = 0;
     if header.sparse_diffs {
         entry += std::mem::size_of::<(u32, u32)>();
+        bitmap = block.div_ceil(8);
     }
-    let records = (block / RECORD_DENSITY as usize + 1) * entry;
+    let records = (block / RECORD_DENSITY as usize + 1) * entry + bitmap;
     let codec = match header.compression {
         Compression::None => 0,
         Compression::Zstd => (1usize << header.window_log) + ZSTD_FIXED,
@@ -183,14 +185,23 @@ enum Phase {
         index: usize,
         count: usize,
     },
-    /// Sparse patches: the block's difference encoding (0: all bytes follow;
-    /// n: n - 1 runs of non-zero bytes).
+    /// Sparse patches: the block's difference mode (format::DiffMode).
     DiffMode,
     /// Sparse: reading the runs; `end` is where the last one ended.
     Runs {
         left: u64,
         end: u64,
         copied: u64,
+    },
+    /// Sparse: reading the bitmap of non-zero differences (`len` bytes for
+    /// the block's `copied` bytes).
+    Bitmap {
+        len: usize,
+        copied: u64,
+    },
+    /// Sparse: adding the marked differences from the one at `at` on.
+    Marked {
+        at: u64,
     },
     /// Sparse: adding the non-zero bytes of run `run`.
     Sparse {
@@ -427,6 +438,9 @@ pub(crate) struct BodyDecoder {
     /// Sparse: the block's runs of non-zero differences, (start, length)
     /// counted in the concatenation of its copies.
     runs: Vec<(u32, u32)>,
+    /// Sparse: which of the block's copied bytes have a non-zero difference
+    /// (bit i % 8 of byte i / 8).
+    bitmap: Vec<u8>,
     /// Sparse: the span holding the next difference and where it starts.
     cursor: (usize, u64),
     phase: Phase,
@@ -466,6 +480,11 @@ impl BodyDecoder {
             copies: Vec::with_capacity(block / RECORD_DENSITY as usize + 1),
             runs: Vec::with_capacity(if header.sparse_diffs {
                 block / RECORD_DENSITY as usize + 1
+            } else {
+                0
+            }),
+            bitmap: Vec::with_capacity(if header.sparse_diffs {
+                block.div_ceil(8)
             } else {
                 0
             }),
@@ -825,27 +844,73 @@ impl BodyDecoder {
                     };
                 }
                 Phase::DiffMode => {
-                    let Some(mode) = self.take_varint()? else {
+                    let Some(value) = self.take_varint()? else {
                         return Ok(());
                     };
-                    let runs = mode.saturating_sub(1);
-                    let max = (self.block_len / RECORD_DENSITY as usize + 1) as u64;
-                    if runs > max {
-                        return Err(corrupt(format!(
-                            "a block of {} bytes declares {runs} difference runs (at most {max})",
-                            self.block_len
-                        )));
-                    }
-                    self.runs.clear();
-                    self.phase = if mode == 0 {
-                        Phase::Diff { span: 0, done: 0 }
-                    } else {
-                        Phase::Runs {
-                            left: runs,
-                            end: 0,
-                            copied: self.spans.iter().map(|s| u64::from(s.copy)).sum(),
+                    let copied: u64 = self.spans.iter().map(|s| u64::from(s.copy)).sum();
+                    self.cursor = (0, 0);
+                    self.phase = match DiffMode::from_value(self.header.version, value) {
+                        DiffMode::Whole => Phase::Diff { span: 0, done: 0 },
+                        DiffMode::Bitmap => {
+                            self.bitmap.clear();
+                            Phase::Bitmap {
+                                len: copied.div_ceil(8) as usize,
+                                copied,
+                            }
+                        }
+                        DiffMode::Runs(runs) => {
+                            let max = (self.block_len / RECORD_DENSITY as usize + 1) as u64;
+                            if runs > max {
+                                return Err(corrupt(format!(
+                                    "a block of {} bytes declares {runs} difference runs \
+                                     (at most {max})",
+                                    self.block_len
+                                )));
+                            }
+                            self.runs.clear();
+                            Phase::Runs {
+                                left: runs,
+                                end: 0,
+                                copied,
+                            }
                         }
                     };
+                }
+                Phase::Bitmap { len, copied } => {
+                    if self.bitmap.len() == len {
+                        let spare = (len as u64 * 8 - copied) as u32;
+                        if spare > 0 && self.bitmap.last().is_some_and(|&b| b >> (8 - spare) != 0) {
+                            return Err(corrupt(
+                                "a difference bitmap marks bytes past its block's copies",
+                            ));
+                        }
+                        self.phase = Phase::Marked { at: 0 };
+                        continue;
+                    }
+                    let avail = self.st_end - self.st_start;
+                    if avail == 0 {
+                        return Ok(());
+                    }
+                    let n = avail.min(len - self.bitmap.len());
+                    self.bitmap
+                        .extend_from_slice(&self.staging[self.st_start..self.st_start + n]);
+                    self.st_start += n;
+                }
+                Phase::Marked { mut at } => {
+                    // As many marked differences as are staged, in one go.
+                    loop {
+                        let Some(d) = next_marked(&self.bitmap, at) else {
+                            self.phase = Phase::Extra { span: 0, done: 0 };
+                            break;
+                        };
+                        if self.st_start == self.st_end {
+                            self.phase = Phase::Marked { at: d };
+                            return Ok(());
+                        }
+                        let (s, offset) = self.copy_at(d)?;
+                        self.add_staged((s.at + offset) as usize, 1);
+                        at = d + 1;
+                    }
                 }
                 Phase::Runs { left, end, copied } => {
                     if left == 0 {
@@ -888,21 +953,7 @@ impl BodyDecoder {
                     if avail == 0 {
                         return Ok(());
                     }
-                    // Runs ascend, so the span cursor only moves forward.
-                    let d = u64::from(start + done);
-                    let (mut span, mut base) = self.cursor;
-                    let s = loop {
-                        let s = self.spans.get(span).copied().ok_or_else(|| {
-                            corrupt("a difference run lies outside its block's copies")
-                        })?;
-                        if d < base + u64::from(s.copy) {
-                            break s;
-                        }
-                        base += u64::from(s.copy);
-                        span += 1;
-                    };
-                    self.cursor = (span, base);
-                    let offset = (d - base) as u32;
+                    let (s, offset) = self.copy_at(u64::from(start + done))?;
                     let n = avail
                         .min((len - done) as usize)
                         .min((s.copy - offset) as usize);
@@ -962,6 +1013,26 @@ impl BodyDecoder {
                     };
                 }
             }
+        }
+    }
+
+    /// The span holding byte `d` of the block's copies (counted in their
+    /// concatenation) and the offset in it. Sparse differences ascend, so
+    /// the cursor only moves forward.
+    fn copy_at(&mut self, d: u64) -> Result<(Span, u32)> {
+        let (mut span, mut base) = self.cursor;
+        loop {
+            let s = self
+                .spans
+                .get(span)
+                .copied()
+                .ok_or_else(|| corrupt("a difference lies outside its block's copies"))?;
+            if d < base + u64::from(s.copy) {
+                self.cursor = (span, base);
+                return Ok((s, (d - base) as u32));
+            }
+            base += u64::from(s.copy);
+            span += 1;
         }
     }
 
@@ -1082,6 +1153,17 @@ impl BodyDecoder {
         }
         emit(offset, &self.block[..self.block_len])
     }
+}
+
+/// The first bit set at or after bit `at` of `bitmap` (bit i % 8 of byte i / 8).
+fn next_marked(bitmap: &[u8], at: u64) -> Option<u64> {
+    let mut byte = (at / 8) as usize;
+    let mut bits = bitmap.get(byte)? & (0xff << (at % 8));
+    while bits == 0 {
+        byte += 1;
+        bits = *bitmap.get(byte)?;
+    }
+    Some(byte as u64 * 8 + u64::from(bits.trailing_zeros()))
 }
 
 fn zstd_error(code: usize) -> Error {

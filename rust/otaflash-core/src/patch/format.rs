@@ -1,4 +1,4 @@
-//! The otaflash patch format, version 2: constants, the header, the frame
+//! The otaflash patch format, version 3 (and the version 2 it extends): constants, the header, the frame
 //! header and the varints of the block payload. `docs/patch-format.md` is the
 //! specification; this module is its reference implementation.
 
@@ -10,7 +10,10 @@ pub const MAGIC: &[u8; 4] = b"OTAP";
 /// How version-1 patches (otaflash before the compact header) began.
 const MAGIC_V1: &[u8; 8] = b"OTAPATCH";
 pub const BSDIFF_MAGIC: &[u8; 8] = b"BSDIFF40";
-pub const VERSION: u8 = 2;
+/// The version patches are made in; 2 is read too (it lacks the bitmap
+/// difference mode, and numbers its run modes one lower).
+pub const VERSION: u8 = 3;
+const OLDEST_VERSION: u8 = 2;
 /// Bytes that tell a patch's format and, for ours, its header length.
 pub const PREFIX_LEN: usize = 8;
 /// The fixed part of a header: magic, version, length, kind/flags, block
@@ -108,6 +111,8 @@ impl Compression {
 /// The header at the start of every patch (81 to 169 bytes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// The format version (VERSION when made; OLDEST_VERSION is read too).
+    pub version: u8,
     pub kind: Kind,
     pub compression: Compression,
     /// Output bytes per block (in-place: the flash erase block), a power of two.
@@ -218,18 +223,18 @@ pub fn header_len(prefix: &[u8]) -> Result<usize> {
         )));
     }
     if prefix.starts_with(MAGIC_V1) {
-        return Err(Error::PatchUnsupported(
+        return Err(Error::PatchUnsupported(format!(
             "patch format version 1 (an earlier otaflash made it); this otaflash reads \
-             version 2: make the patch again with `otaflash diff`"
-                .into(),
-        ));
+             versions {OLDEST_VERSION} and {VERSION}: make the patch again with `otaflash diff`"
+        )));
     }
     if &prefix[..4] != MAGIC {
         return Err(Error::PatchForeign(describe_magic(prefix)));
     }
-    if prefix[4] != VERSION {
+    if !(OLDEST_VERSION..=VERSION).contains(&prefix[4]) {
         return Err(Error::PatchUnsupported(format!(
-            "patch format version {}; this otaflash reads version {VERSION}",
+            "patch format version {}; this otaflash reads versions {OLDEST_VERSION} and \
+             {VERSION}",
             prefix[4]
         )));
     }
@@ -244,7 +249,7 @@ impl Header {
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(MAX_HEADER_LEN);
         b.extend_from_slice(MAGIC);
-        b.push(VERSION);
+        b.push(self.version);
         b.push(0); // length, set below
         let mut kind_flags = self.kind.code() | self.compression.code() << 2;
         if self.sparse_diffs {
@@ -356,6 +361,7 @@ impl Header {
             )));
         }
         let header = Self {
+            version: b[4],
             kind,
             compression,
             block_size,
@@ -412,7 +418,8 @@ impl Header {
         let blocks = out_len.div_ceil(u64::from(self.block_size)).max(1);
         // Data bytes, plus per block a record count and at most
         // (block/RECORD_DENSITY + 1) records of three 10-byte varints; sparse:
-        // a run count and as many runs of two varints.
+        // a mode and as many runs of two varints (more than a bitmap's eighth
+        // of the block).
         let entries = out_len / u64::from(RECORD_DENSITY) + blocks;
         let sparse = if self.sparse_diffs {
             blocks * 10 + entries * 20
@@ -558,6 +565,39 @@ impl FrameHeader {
 }
 
 /// LEB128 unsigned varint.
+/// How a block of a sparse_diffs patch stores its differences: its mode
+/// varint (docs/patch-format.md section 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiffMode {
+    /// Every difference byte follows.
+    Whole,
+    /// A bitmap of which differences are non-zero, then those bytes
+    /// (version 3): dense small changes, as in recompiled MCU code.
+    Bitmap,
+    /// This many runs of non-zero bytes, then their bytes.
+    Runs(u64),
+}
+
+impl DiffMode {
+    pub fn from_value(version: u8, value: u64) -> Self {
+        match (value, version >= 3) {
+            (0, _) => Self::Whole,
+            (1, true) => Self::Bitmap,
+            (n, true) => Self::Runs(n - 2),
+            (n, false) => Self::Runs(n - 1),
+        }
+    }
+
+    /// The mode's value in patches of the current version.
+    pub fn value(self) -> u64 {
+        match self {
+            Self::Whole => 0,
+            Self::Bitmap => 1,
+            Self::Runs(n) => n + 2,
+        }
+    }
+}
+
 pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -599,6 +639,7 @@ mod tests {
 
     fn sample() -> Header {
         Header {
+            version: VERSION,
             kind: Kind::Sequential,
             compression: Compression::Zstd,
             block_size: 4096,
@@ -683,6 +724,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("zstd"), "{err}");
+    }
+
+    #[test]
+    fn versions_two_and_three_are_read_and_number_their_modes() {
+        let v2 = Header {
+            version: 2,
+            sparse_diffs: true,
+            ..sample()
+        };
+        assert_eq!(Header::decode(&v2.encode()).unwrap(), v2);
+        let v4 = Header {
+            version: 4,
+            ..sample()
+        };
+        let err = Header::decode(&v4.encode()).unwrap_err().to_string();
+        assert!(
+            err.contains("version 4") && err.contains("2 and 3"),
+            "{err}"
+        );
+        for (version, value, mode) in [
+            (2, 0, DiffMode::Whole),
+            (2, 1, DiffMode::Runs(0)),
+            (2, 5, DiffMode::Runs(4)),
+            (3, 0, DiffMode::Whole),
+            (3, 1, DiffMode::Bitmap),
+            (3, 2, DiffMode::Runs(0)),
+            (3, 6, DiffMode::Runs(4)),
+        ] {
+            assert_eq!(DiffMode::from_value(version, value), mode);
+            if version == VERSION {
+                assert_eq!(mode.value(), value);
+            }
+        }
     }
 
     #[test]
