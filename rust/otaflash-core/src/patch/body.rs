@@ -29,13 +29,9 @@ fn corrupt(what: impl Into<String>) -> Error {
 /// `read_cache` bytes.
 pub fn working_set(header: &Header, read_cache: usize) -> usize {
     let block = header.block_size as usize;
-    let mut entry = std::mem::size_of::<Span>() + std::mem::size_of::<(u64, u32, u32)>();
-    let mut bitmap = 0;
-    if header.sparse_diffs {
-        entry += std::mem::size_of::<(u32, u32)>();
-        bitmap = block.div_ceil(8);
-    }
-    let records = (block / RECORD_DENSITY as usize + 1) * entry + bitmap;
+    // Sparse differences reuse the copies' table (`BodyDecoder::copies`).
+    let entry = std::mem::size_of::<Span>() + std::mem::size_of::<Entry>();
+    let records = (block / RECORD_DENSITY as usize + 1) * entry;
     let codec = match header.compression {
         Compression::None => 0,
         Compression::Zstd => (1usize << header.window_log) + ZSTD_FIXED,
@@ -102,7 +98,7 @@ impl ReadCache {
     pub(crate) fn gather(
         &mut self,
         old: &mut dyn ReadAt,
-        copies: &mut [(u64, u32, u32)],
+        copies: &mut [Entry],
         block: &mut [u8],
     ) -> Result<()> {
         const GAP: u64 = 2 * PAGE as u64;
@@ -194,9 +190,10 @@ enum Phase {
         copied: u64,
     },
     /// Sparse: reading the bitmap of non-zero differences (`len` bytes for
-    /// the block's `copied` bytes).
+    /// the block's `copied` bytes, `read` so far).
     Bitmap {
         len: usize,
+        read: usize,
         copied: u64,
     },
     /// Sparse: adding the marked differences from the one at `at` on.
@@ -434,13 +431,13 @@ pub(crate) struct BodyDecoder {
     block: Vec<u8>,
     block_len: usize,
     spans: Vec<Span>,
-    copies: Vec<(u64, u32, u32)>,
-    /// Sparse: the block's runs of non-zero differences, (start, length)
-    /// counted in the concatenation of its copies.
-    runs: Vec<(u32, u32)>,
-    /// Sparse: which of the block's copied bytes have a non-zero difference
-    /// (bit i % 8 of byte i / 8).
-    bitmap: Vec<u8>,
+    /// The block's copies (old offset, block offset, length) until they are
+    /// gathered; then, with sparse differences, the runs of non-zero ones
+    /// (start, length, 0; counted in the concatenation of the copies) or
+    /// the bitmap of which copied bytes differ, 128 bits per entry (see
+    /// `entry_bits`). Both fit: runs are as few as records, and the bitmap
+    /// needs an entry per 128 bytes.
+    copies: Vec<Entry>,
     /// Sparse: the span holding the next difference and where it starts.
     cursor: (usize, u64),
     phase: Phase,
@@ -478,16 +475,6 @@ impl BodyDecoder {
             block_len: 0,
             spans: Vec::with_capacity(block / RECORD_DENSITY as usize + 1),
             copies: Vec::with_capacity(block / RECORD_DENSITY as usize + 1),
-            runs: Vec::with_capacity(if header.sparse_diffs {
-                block / RECORD_DENSITY as usize + 1
-            } else {
-                0
-            }),
-            bitmap: Vec::with_capacity(if header.sparse_diffs {
-                block.div_ceil(8)
-            } else {
-                0
-            }),
             cursor: (0, 0),
             phase: Phase::Count,
             filled: 0,
@@ -849,15 +836,14 @@ impl BodyDecoder {
                     };
                     let copied: u64 = self.spans.iter().map(|s| u64::from(s.copy)).sum();
                     self.cursor = (0, 0);
+                    self.copies.clear();
                     self.phase = match DiffMode::from_value(self.header.version, value) {
                         DiffMode::Whole => Phase::Diff { span: 0, done: 0 },
-                        DiffMode::Bitmap => {
-                            self.bitmap.clear();
-                            Phase::Bitmap {
-                                len: copied.div_ceil(8) as usize,
-                                copied,
-                            }
-                        }
+                        DiffMode::Bitmap => Phase::Bitmap {
+                            len: copied.div_ceil(8) as usize,
+                            read: 0,
+                            copied,
+                        },
                         DiffMode::Runs(runs) => {
                             let max = (self.block_len / RECORD_DENSITY as usize + 1) as u64;
                             if runs > max {
@@ -867,7 +853,6 @@ impl BodyDecoder {
                                     self.block_len
                                 )));
                             }
-                            self.runs.clear();
                             Phase::Runs {
                                 left: runs,
                                 end: 0,
@@ -876,10 +861,9 @@ impl BodyDecoder {
                         }
                     };
                 }
-                Phase::Bitmap { len, copied } => {
-                    if self.bitmap.len() == len {
-                        let spare = (len as u64 * 8 - copied) as u32;
-                        if spare > 0 && self.bitmap.last().is_some_and(|&b| b >> (8 - spare) != 0) {
+                Phase::Bitmap { len, read, copied } => {
+                    if read == len {
+                        if next_marked(&self.copies, copied).is_some() {
                             return Err(corrupt(
                                 "a difference bitmap marks bytes past its block's copies",
                             ));
@@ -891,15 +875,28 @@ impl BodyDecoder {
                     if avail == 0 {
                         return Ok(());
                     }
-                    let n = avail.min(len - self.bitmap.len());
-                    self.bitmap
-                        .extend_from_slice(&self.staging[self.st_start..self.st_start + n]);
+                    let n = avail.min(len - read);
+                    for (k, &byte) in (read..).zip(&self.staging[self.st_start..self.st_start + n])
+                    {
+                        if k % 16 == 0 {
+                            self.copies.push((0, 0, 0));
+                        }
+                        if let Some(last) = self.copies.last_mut() {
+                            *last =
+                                bits_entry(entry_bits(*last) | u128::from(byte) << (8 * (k % 16)));
+                        }
+                    }
                     self.st_start += n;
+                    self.phase = Phase::Bitmap {
+                        len,
+                        read: read + n,
+                        copied,
+                    };
                 }
                 Phase::Marked { mut at } => {
                     // As many marked differences as are staged, in one go.
                     loop {
-                        let Some(d) = next_marked(&self.bitmap, at) else {
+                        let Some(d) = next_marked(&self.copies, at) else {
                             self.phase = Phase::Extra { span: 0, done: 0 };
                             break;
                         };
@@ -930,7 +927,7 @@ impl BodyDecoder {
                              {copied} bytes its block copies"
                         )));
                     }
-                    self.runs.push((start as u32, len as u32));
+                    self.copies.push((start, len as u32, 0));
                     self.phase = Phase::Runs {
                         left: left - 1,
                         end: start + len,
@@ -938,7 +935,7 @@ impl BodyDecoder {
                     };
                 }
                 Phase::Sparse { run, done } => {
-                    let Some(&(start, len)) = self.runs.get(run) else {
+                    let Some(&(start, len, _)) = self.copies.get(run) else {
                         self.phase = Phase::Extra { span: 0, done: 0 };
                         continue;
                     };
@@ -953,7 +950,7 @@ impl BodyDecoder {
                     if avail == 0 {
                         return Ok(());
                     }
-                    let (s, offset) = self.copy_at(u64::from(start + done))?;
+                    let (s, offset) = self.copy_at(start + u64::from(done))?;
                     let n = avail
                         .min((len - done) as usize)
                         .min((s.copy - offset) as usize);
@@ -1155,15 +1152,28 @@ impl BodyDecoder {
     }
 }
 
-/// The first bit set at or after bit `at` of `bitmap` (bit i % 8 of byte i / 8).
-fn next_marked(bitmap: &[u8], at: u64) -> Option<u64> {
-    let mut byte = (at / 8) as usize;
-    let mut bits = bitmap.get(byte)? & (0xff << (at % 8));
+/// An entry of the copies' table: (old offset, block offset, length).
+type Entry = (u64, u32, u32);
+
+/// An entry of a bitmap held in the copies' table: its 16 bytes in order,
+/// bit i of the bitmap being bit i % 128 of entry i / 128.
+fn entry_bits(e: Entry) -> u128 {
+    u128::from(e.0) | u128::from(e.1) << 64 | u128::from(e.2) << 96
+}
+
+fn bits_entry(bits: u128) -> Entry {
+    (bits as u64, (bits >> 64) as u32, (bits >> 96) as u32)
+}
+
+/// The first bit set at or after bit `at` of a bitmap held in `table`.
+fn next_marked(table: &[Entry], at: u64) -> Option<u64> {
+    let mut word = (at / 128) as usize;
+    let mut bits = entry_bits(*table.get(word)?) & (u128::MAX << (at % 128));
     while bits == 0 {
-        byte += 1;
-        bits = *bitmap.get(byte)?;
+        word += 1;
+        bits = entry_bits(*table.get(word)?);
     }
-    Some(byte as u64 * 8 + u64::from(bits.trailing_zeros()))
+    Some(word as u64 * 128 + u64::from(bits.trailing_zeros()))
 }
 
 fn zstd_error(code: usize) -> Error {
