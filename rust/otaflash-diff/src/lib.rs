@@ -47,8 +47,9 @@ pub struct DiffOptions {
     /// In-place only: the slot's size (default: the larger image plus
     /// one block, rounded up to blocks, plus the growth of the image).
     pub slot_size: Option<u64>,
-    /// Store each block's differences as runs of non-zero bytes; `None`:
-    /// small images try both and keep the smaller patch, large ones do not.
+    /// Store each block's differences sparsely: small images as runs or a
+    /// bitmap of the non-zero bytes, large ones without their long zero runs
+    /// (`None` and `Some(true)`); `Some(false)`: every byte.
     pub sparse_diffs: Option<bool>,
     /// Store x86 CALL/JMP targets in literals as absolute addresses;
     /// `None`: chosen by trying (small images) or on samples (large ones).
@@ -262,17 +263,11 @@ pub fn diff_with(
         pick_matching(&sa, old, new, opts, threads)?
     };
     let large = [large_threshold];
-    let thresholds: &[usize] = if small { &[4, 8, 12] } else { &large };
-    // Sparse differences (runs or a bitmap of the non-zero bytes, chosen per
-    // block) pay off when the copies change little or in scattered bytes
-    // (MCU firmware: nrf52 -20 %, greatfet -1 % and LZMA2 five times faster)
-    // and cost up to 8 % on recompiled x86 executables (libcrypto3), so only
-    // small images try both.
-    let layouts: &[bool] = match opts.sparse_diffs {
-        Some(true) => &[true],
-        Some(false) => &[false],
-        None if small => &[false, true],
-        None => &[false],
+    let thresholds: &[usize] = if small { &SMALL_THRESHOLDS } else { &large };
+    let diffs = match opts.sparse_diffs {
+        Some(false) => Diffs::Whole,
+        _ if small => Diffs::Smallest,
+        _ => Diffs::SkipZeros,
     };
     let x86 = opts.x86_branches.unwrap_or(large_x86);
     let split = opts.compression == Compression::Lzma2
@@ -287,14 +282,12 @@ pub fn diff_with(
     // (if they look like x86 code at all).
     let try_x86 = small && opts.x86_branches.is_none() && looks_like_x86(new);
     // Progress counts new bytes matched, then new bytes compressed, per pass.
-    let lc_for = |x86: bool| if x86 { LC_CODE } else { LC_DIFFS };
+    let lc_for = |x86: bool| LC_PAIRS[usize::from(x86)][1];
     let lc_trials = small && opts.compression == Compression::Lzma2;
-    let passes = (thresholds.len() * (1 + layouts.len())
-        + usize::from(try_x86)
-        + if lc_trials { LC_TRIALS.len() - 1 } else { 0 }) as u64;
+    let passes = (thresholds.len() * 2 + usize::from(try_x86) + usize::from(lc_trials)) as u64;
     let monitor = Monitor::new(new.len() as u64 * (passes + 1) + 1);
-    // With several candidates, rank them by a fast setting of the codec and
-    // compress only the winner at the requested level.
+    // With several candidates, rank them by a fast zstd level and compress
+    // only the winner at the requested level.
     let rerank = thresholds.len() > 1;
     let effort = if rerank { Effort::Rank } else { Effort::Final };
     // Every candidate's frames first, then all their frames compressed in
@@ -306,12 +299,9 @@ pub fn diff_with(
         if opts.kind == Kind::InPlace {
             *records = matcher::restrict_in_place(records, opts.block_size, shift);
         }
-        for &sparse in layouts {
-            let frames = build_frames(old, new, records, opts, sparse, x86)?;
-            built.push((t, frames, sparse));
-        }
+        built.push((t, build_frames(old, new, records, opts, diffs, x86)?));
     }
-    let all_frames: Vec<&Frame> = built.iter().flat_map(|(_, f, _)| f).collect();
+    let all_frames: Vec<&Frame> = built.iter().flat_map(|(_, f)| f).collect();
     let mut payloads = compress_frames(
         &all_frames,
         opts,
@@ -325,25 +315,24 @@ pub fn diff_with(
     let mut best: Option<Candidate> = None;
     // The records of the best candidate, for the x86 trial.
     let mut best_records = 0;
-    for (records, frames, sparse) in built {
+    for (records, frames) in built {
         let compressed = payloads.by_ref().take(frames.len()).collect();
         let candidate = Candidate {
             frames,
             compressed,
-            sparse,
             x86,
         };
         if candidate.replaces(&mut best) {
             best_records = records;
         }
     }
-    if try_x86 && let Some(sparse) = best.as_ref().map(|b| b.sparse) {
+    if try_x86 {
         let frames = build_frames(
             old,
             new,
             &records_by_threshold[best_records],
             opts,
-            sparse,
+            diffs,
             true,
         )?;
         let compressed = compress_frames(
@@ -358,54 +347,42 @@ pub fn diff_with(
         Candidate {
             frames,
             compressed,
-            sparse,
             x86: true,
         }
         .replaces(&mut best);
     }
     if rerank && let Some(b) = best.as_mut() {
-        // Small LZMA2 images pick each frame's literal context bits by the
-        // ranking too (b.compressed holds ranking sizes here).
+        // The winner at the requested level. Small LZMA2 images also try a
+        // second literal context setting and keep the smaller of each frame
+        // (greatfet packs best with 1 bit, nrf52 with 0).
+        let lcs = if lc_trials {
+            LC_PAIRS[usize::from(b.x86)].as_slice()
+        } else {
+            std::slice::from_ref(&LC_PAIRS[usize::from(b.x86)][1])
+        };
         let count = b.frames.len();
-        let mut lcs = vec![lc_for(b.x86); count];
-        if lc_trials {
-            // All other settings of all frames in one parallel pass.
-            let others: Vec<u32> = LC_TRIALS
-                .into_iter()
-                .filter(|&lc| lc != lc_for(b.x86))
-                .collect();
-            let frames: Vec<&Frame> = others.iter().flat_map(|_| &b.frames).collect();
-            let tried = compress_frames(
-                &frames,
-                opts,
-                Effort::Rank,
-                |i| others[i / count],
-                threads,
-                &monitor,
-                progress,
-            )?;
-            let mut sizes: Vec<usize> = b.compressed.iter().map(Vec::len).collect();
-            for (i, payload) in tried.iter().enumerate() {
-                if payload.len() < sizes[i % count] {
-                    sizes[i % count] = payload.len();
-                    lcs[i % count] = others[i / count];
-                }
-            }
-        }
-        b.compressed = compress_frames(
-            &b.frames.iter().collect::<Vec<_>>(),
+        let frames: Vec<&Frame> = lcs.iter().flat_map(|_| &b.frames).collect();
+        let tried = compress_frames(
+            &frames,
             opts,
             Effort::Final,
-            |i| lcs[i],
+            |i| lcs[i / count],
             threads,
             &monitor,
             progress,
         )?;
+        let mut smallest: Vec<Option<Vec<u8>>> = vec![None; count];
+        for (i, payload) in tried.into_iter().enumerate() {
+            let slot = &mut smallest[i % count];
+            if slot.as_ref().is_none_or(|s| payload.len() < s.len()) {
+                *slot = Some(payload);
+            }
+        }
+        b.compressed = smallest.into_iter().flatten().collect();
     }
     let Candidate {
         frames,
         compressed,
-        sparse: sparse_diffs,
         x86: x86_branches,
     } = best.unwrap_or_default();
     progress.report(ProgressEvent {
@@ -440,7 +417,7 @@ pub fn diff_with(
         shift,
         slot_size,
         body_sha256: (opts.kind == Kind::InPlace).then(|| Sha256::digest(&body).into()),
-        sparse_diffs,
+        sparse_diffs: diffs != Diffs::Whole,
         x86_branches,
         split_streams: split,
         record_columns: opts.record_columns,
@@ -470,6 +447,10 @@ pub fn default_block_size(compression: Compression) -> u32 {
         Compression::None | Compression::Lzma2 => 512 << 10,
     }
 }
+
+/// The match thresholds small images try: lower ones suit MCU firmware,
+/// whose moved pieces are short (greatfet: 3 -0.6 % against 4, 8 +10 %).
+const SMALL_THRESHOLDS: [usize; 2] = [3, 4];
 
 /// The match thresholds large images choose from (see `matcher::scan_range`).
 /// Which is best is a property of the whole image, and a strong one: 16
@@ -510,9 +491,11 @@ fn pick_matching(
         .flat_map(|t| (0..THRESHOLD_SAMPLES).map(move |s| (t, s * stride)))
         .collect();
     let sample_size = |records: &[Record], sample: &[u8], x86: bool| -> Result<u64> {
-        build_frames(old, sample, records, &ranking, false, x86)?
+        build_frames(old, sample, records, &ranking, Diffs::SkipZeros, x86)?
             .iter()
-            .map(|f| compress_one(f, &ranking, Effort::Final, LC_DIFFS).map(|c| c.len() as u64))
+            .map(|f| {
+                compress_one(f, &ranking, Effort::Final, LC_PAIRS[0][1]).map(|c| c.len() as u64)
+            })
             .sum()
     };
     // Per job, the sample's size without and with the transform.
@@ -575,21 +558,25 @@ fn looks_like_x86(image: &[u8]) -> bool {
 /// Fewer E8 bytes than this say nothing either way: try the transform.
 const X86_MIN_CALLS: u64 = 64;
 
-/// LZMA2 literal context bits: difference bytes depend little on the byte
-/// before (1); x86 code literals do (4: -0.4 % on shellcheck and ruff).
-/// Small images also try the others of `LC_TRIALS` per frame (nrf52: 0,
-/// -4 %).
-const LC_DIFFS: u32 = 1;
-const LC_CODE: u32 = 4;
-const LC_TRIALS: [u32; 4] = [0, 1, 3, 4];
+/// LZMA2 literal context bits, the usual setting second: difference bytes
+/// depend little on the byte before (1); x86 code literals do (4: -0.4 % on
+/// shellcheck and ruff). Small images also try the first per frame (nrf52:
+/// 0, -4 %).
+const LC_PAIRS: [[u32; 2]; 2] = [[0, 1], [3, 4]];
 /// A split frame's records stream: varints, whose next byte the previous
 /// one's continuation bit predicts (ruff -0.27 % against 0).
 const LC_RECORDS: u32 = 1;
 
-/// The zstd level and the LZMA2 preset (without xz's extreme flag, four
-/// times faster) that candidates are ranked with.
-const RANKING_LEVEL: i32 = 9;
-const RANKING_PRESET: u32 = 4;
+/// The zstd level candidates are ranked with, whatever the codec: the
+/// candidates differ by far more than the codecs' orderings do, and it takes
+/// a millisecond where xz's preset 4 took 25 (greatfet's 120 KB frame).
+const RANKING_LEVEL: i32 = 3;
+
+/// LZMA2's `nice_len` for streams under `SMALL_IMAGE`: as small and a third
+/// faster than xz -9e's 273 there (greatfet 16,673 B against 16,687 B),
+/// while large images' difference streams need the long matches
+/// (libcrypto3: 128 +3.9 %).
+const SMALL_NICE_LEN: u32 = 128;
 
 /// How hard a compression tries: enough to rank candidates, or the
 /// requested level for the patch itself.
@@ -608,7 +595,6 @@ const SMALL_IMAGE: usize = 2 << 20;
 struct Candidate {
     frames: Vec<Frame>,
     compressed: Vec<Vec<u8>>,
-    sparse: bool,
     x86: bool,
 }
 
@@ -697,7 +683,7 @@ fn build_frames(
     new: &[u8],
     records: &[Record],
     opts: &DiffOptions,
-    sparse: bool,
+    diffs: Diffs,
     x86: bool,
 ) -> Result<Vec<Frame>> {
     let bs = u64::from(opts.block_size);
@@ -759,12 +745,12 @@ fn build_frames(
                     format::put_signed(&mut raw, seek);
                 }
             }
-            let mut diffs = Vec::new();
+            let mut differences = Vec::new();
             for p in pieces {
                 let (n, o) = (p.new as usize, p.old as usize);
                 let c = p.copy as usize;
                 if c > 0 {
-                    diffs.extend(
+                    differences.extend(
                         new[n..n + c]
                             .iter()
                             .zip(&old[o..o + c])
@@ -774,10 +760,10 @@ fn build_frames(
             }
             let block_len: u64 = pieces.iter().map(|p| p.copy + p.extra).sum();
             let records_end = raw.len();
-            if sparse {
-                put_sparse(&mut raw, &diffs, block_len);
-            } else {
-                raw.extend_from_slice(&diffs);
+            match diffs {
+                Diffs::Whole => raw.extend_from_slice(&differences),
+                Diffs::Smallest => put_smallest(&mut raw, &differences, block_len),
+                Diffs::SkipZeros => put_skipping_zeros(&mut raw, &differences, block_len),
             }
             let diffs_end = raw.len();
             for p in pieces {
@@ -801,18 +787,51 @@ fn build_frames(
     Ok(frames)
 }
 
-/// A block's differences under sparse_diffs, in the mode a fast zstd pass
-/// finds smallest: whole; as runs of non-zero bytes (a few changes: nrf52,
-/// -20 %); or as a bitmap of the non-zero bytes (many small ones, such as
-/// ARM code's moved literal-pool addresses: greatfet's 112 KB of copies
-/// differ in 5,532 runs, and LZMA2 packs the bitmap 1 % smaller and five
-/// times faster than the whole bytes).
-fn put_sparse(raw: &mut Vec<u8>, diffs: &[u8], block_len: u64) {
+/// How a patch's blocks store their differences (the copies' bytes minus
+/// the old bytes they copy). Runs or a bitmap of the non-zero ones pay off
+/// when the copies change little or in scattered bytes (MCU firmware: nrf52
+/// -20 %, greatfet -1 % and LZMA2 five times faster) but cost up to 8 % on
+/// recompiled x86 code (libcrypto3), whose differences repeat in patterns
+/// that only the whole bytes keep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Diffs {
+    /// All of them (no sparse_diffs).
+    Whole,
+    /// Per block, whichever of whole, runs or the bitmap a fast zstd pass
+    /// finds smallest (small images).
+    Smallest,
+    /// Per block, the stretches between zero runs of `ZERO_GAP` bytes or more
+    /// (large images: the whole bytes' patterns minus long zero runs, which
+    /// cost the compressors time: libcrypto3's LZMA2 diff -9 % time, -0.3 %).
+    SkipZeros,
+}
+
+/// The shortest zero run `Diffs::SkipZeros` leaves out: shorter gaps keep
+/// their zeros (libcrypto3 LZMA2: 128 +0.8 %, 64 +5.6 %).
+const ZERO_GAP: usize = 256;
+
+/// A block's differences in whichever mode a fast zstd pass finds smallest.
+fn put_smallest(raw: &mut Vec<u8>, diffs: &[u8], block_len: u64) {
     let mut modes = vec![whole_diffs(diffs), bitmap_diffs(diffs)];
-    modes.extend(run_diffs(diffs, block_len));
+    modes.extend(run_diffs(diffs, block_len, 1));
     let estimate = |m: &Vec<u8>| zstd::bulk::compress(m, 1).map_or(m.len(), |c| c.len());
     if let Some(best) = modes.iter().min_by_key(|m| estimate(m)) {
         raw.extend_from_slice(best);
+    }
+}
+
+/// A block's differences as the stretches between zero runs of at least
+/// `ZERO_GAP` bytes, or longer ones when there would be more stretches than
+/// a block may have.
+fn put_skipping_zeros(raw: &mut Vec<u8>, diffs: &[u8], block_len: u64) {
+    let mut gap = ZERO_GAP;
+    loop {
+        // Terminates: a gap longer than the block leaves one stretch.
+        if let Some(runs) = run_diffs(diffs, block_len, gap) {
+            raw.extend_from_slice(&runs);
+            return;
+        }
+        gap *= 2;
     }
 }
 
@@ -838,32 +857,37 @@ fn bitmap_diffs(diffs: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Each run's (zeros skipped, length), then the runs' bytes; None when
-/// there are more runs than the format allows a block.
-fn run_diffs(diffs: &[u8], block_len: u64) -> Option<Vec<u8>> {
+/// Stretches of the differences between zero runs of at least `min_gap`
+/// bytes (1: the exact non-zero runs), each as (zeros skipped, length), then
+/// the stretches' bytes; None when there are more than the format allows a
+/// block.
+fn run_diffs(diffs: &[u8], block_len: u64, min_gap: usize) -> Option<Vec<u8>> {
     let max = block_len / u64::from(RECORD_DENSITY) + 1;
-    let mut runs = Vec::new();
-    let mut bytes = Vec::new();
-    let mut end = 0;
-    let mut i = 0;
-    let mut count = 0u64;
-    while i < diffs.len() {
-        if diffs[i] == 0 {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < diffs.len() && diffs[i] != 0 {
-            i += 1;
+    let skip = |from: usize, zero: bool| {
+        diffs[from..]
+            .iter()
+            .position(|&d| (d == 0) != zero)
+            .map_or(diffs.len(), |n| from + n)
+    };
+    let (mut runs, mut bytes) = (Vec::new(), Vec::new());
+    let (mut count, mut end) = (0u64, 0usize);
+    let mut at = skip(0, true);
+    while at < diffs.len() {
+        let start = at;
+        let mut stop = skip(at, false);
+        at = skip(stop, true);
+        while at < diffs.len() && at - stop < min_gap {
+            stop = skip(at, false);
+            at = skip(stop, true);
         }
         count += 1;
         if count > max {
             return None;
         }
         format::put_varint(&mut runs, (start - end) as u64);
-        format::put_varint(&mut runs, (i - start) as u64);
-        bytes.extend_from_slice(&diffs[start..i]);
-        end = i;
+        format::put_varint(&mut runs, (stop - start) as u64);
+        bytes.extend_from_slice(&diffs[start..stop]);
+        end = stop;
     }
     let mut out = Vec::with_capacity(runs.len() + bytes.len() + 10);
     format::put_varint(&mut out, DiffMode::Runs(count).value());
@@ -939,25 +963,22 @@ pub(crate) fn parallel_map<T: Send>(
 
 /// `lc`: LZMA2's literal context bits (zstd ignores it).
 fn compress_one(frame: &Frame, opts: &DiffOptions, effort: Effort, lc: u32) -> Result<Vec<u8>> {
-    match opts.compression {
-        Compression::None => Ok(frame.raw.clone()),
-        Compression::Zstd => compress_zstd(&frame.raw, opts, effort),
-        Compression::Lzma2 if opts.split_streams == Some(true) => {
-            compress_lzma2_split(frame, opts, effort, lc)
+    match (opts.compression, effort) {
+        (Compression::None, _) => Ok(frame.raw.clone()),
+        (_, Effort::Rank) => compress_zstd(&frame.raw, RANKING_LEVEL, opts.window_log),
+        (Compression::Zstd, _) => compress_zstd(&frame.raw, opts.level, opts.window_log),
+        (Compression::Lzma2, _) if opts.split_streams == Some(true) => {
+            compress_lzma2_split(frame, opts, lc)
         }
-        Compression::Lzma2 => compress_lzma2(&frame.raw, opts, effort, lc),
+        (Compression::Lzma2, _) => compress_lzma2(&frame.raw, opts, lc),
     }
 }
 
-fn compress_zstd(raw: &[u8], opts: &DiffOptions, effort: Effort) -> Result<Vec<u8>> {
+fn compress_zstd(raw: &[u8], level: i32, window_log: u8) -> Result<Vec<u8>> {
     use zstd::zstd_safe::CParameter;
     let zerr = |e: std::io::Error| Error::InvalidArgument(format!("zstd failed: {e}"));
-    let level = match effort {
-        Effort::Rank => opts.level.min(RANKING_LEVEL),
-        Effort::Final => opts.level,
-    };
     let mut c = zstd::bulk::Compressor::new(level).map_err(zerr)?;
-    c.set_parameter(CParameter::WindowLog(u32::from(opts.window_log)))
+    c.set_parameter(CParameter::WindowLog(u32::from(window_log)))
         .map_err(zerr)?;
     c.set_parameter(CParameter::ChecksumFlag(false))
         .map_err(zerr)?;
@@ -967,12 +988,13 @@ fn compress_zstd(raw: &[u8], opts: &DiffOptions, effort: Effort) -> Result<Vec<u
 }
 
 /// One raw LZMA2 stream of a frame.
-fn compress_lzma2(raw: &[u8], opts: &DiffOptions, effort: Effort, lc: u32) -> Result<Vec<u8>> {
+fn compress_lzma2(raw: &[u8], opts: &DiffOptions, lc: u32) -> Result<Vec<u8>> {
     // No bigger than the stream: less match finder to set up, the same output.
     let fits = (raw.len() as u64)
         .next_power_of_two()
         .min(1 << opts.window_log);
-    let mut stream = lzma2_encoder(fits as u32, opts, effort, lc)?;
+    let nice = (raw.len() < SMALL_IMAGE).then_some(SMALL_NICE_LEN);
+    let mut stream = lzma2_encoder(fits as u32, opts, lc, nice)?;
     let mut out = Vec::with_capacity(raw.len() / 4 + 1024);
     lzma2_encode(&mut stream, raw, &mut out, Action::Finish)?;
     Ok(out)
@@ -982,17 +1004,12 @@ fn compress_lzma2(raw: &[u8], opts: &DiffOptions, effort: Effort, lc: u32) -> Re
 /// block ends: per block, each stream's segment after its varint length
 /// (flushed, so it decodes to that block's part; the last block ends the
 /// streams). Literals get `lc`.
-fn compress_lzma2_split(
-    frame: &Frame,
-    opts: &DiffOptions,
-    effort: Effort,
-    lc: u32,
-) -> Result<Vec<u8>> {
-    let lcs = [LC_RECORDS, LC_DIFFS, lc];
+fn compress_lzma2_split(frame: &Frame, opts: &DiffOptions, lc: u32) -> Result<Vec<u8>> {
+    let lcs = [LC_RECORDS, LC_PAIRS[0][1], lc];
     let dictionaries = format::split_dictionaries(opts.window_log);
     let mut streams = Vec::with_capacity(3);
     for (dict, lc) in dictionaries.into_iter().zip(lcs) {
-        streams.push(lzma2_encoder(dict, opts, effort, lc)?);
+        streams.push(lzma2_encoder(dict, opts, lc, None)?);
     }
     let mut out = Vec::with_capacity(frame.raw.len() / 4 + 1024);
     let mut segment = Vec::new();
@@ -1016,17 +1033,17 @@ fn compress_lzma2_split(
 }
 
 /// A raw LZMA2 encoder at xz's preset `opts.level` with the extreme flag
-/// (ranking: -4), a `dict`-byte dictionary, `lc` literal context bits and
+/// (and its longest `nice_len` unless `nice` says otherwise), a
+/// `dict`-byte dictionary, `lc` literal context bits and
 /// no position bits (the frames are mostly difference bytes, whose value
 /// depends little on alignment). The decoder needs neither: LZMA2 chunks
 /// carry them.
-fn lzma2_encoder(dict: u32, opts: &DiffOptions, effort: Effort, lc: u32) -> Result<Stream> {
-    let level = opts.level.clamp(0, 9) as u32;
-    let preset = match effort {
-        Effort::Rank => level.min(RANKING_PRESET),
-        Effort::Final => level | PRESET_EXTREME,
-    };
+fn lzma2_encoder(dict: u32, opts: &DiffOptions, lc: u32, nice: Option<u32>) -> Result<Stream> {
+    let preset = opts.level.clamp(0, 9) as u32 | PRESET_EXTREME;
     let mut lzma = LzmaOptions::new_preset(preset).map_err(lzma_error)?;
+    if let Some(nice) = nice {
+        lzma.nice_len(nice);
+    }
     lzma.dict_size(dict.max(format::LZMA2_MIN_DICTIONARY))
         .literal_context_bits(lc)
         .literal_position_bits(0)
@@ -1101,7 +1118,7 @@ mod tests {
             extra: 0,
             old: 0,
         }];
-        let frames = build_frames(&old, &new, &records, &opts, false, false).unwrap();
+        let frames = build_frames(&old, &new, &records, &opts, Diffs::Whole, false).unwrap();
         let lens: Vec<u32> = frames.iter().map(|f| f.out_len).collect();
         assert_eq!(lens, [3 << 12, (2 << 12) + 100]);
     }
