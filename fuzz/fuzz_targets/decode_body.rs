@@ -1,8 +1,8 @@
 //! Structure-aware: builds a patch whose header, frame headers and checksums
 //! are valid, around fuzzer-chosen frame geometry and payload bytes, so the
 //! block/record (both layouts)/sparse difference (runs and bitmaps, both
-//! versions' numbering) decoder and the zstd and LZMA2 (one or three
-//! streams) paths get the fuzzer's full attention (a plain byte fuzzer stops
+//! versions' numbering) decoder, the reference map and the zstd and LZMA2
+//! (one or three streams) paths get the fuzzer's full attention (a plain byte fuzzer stops
 //! at the header CRC).
 #![no_main]
 
@@ -44,6 +44,22 @@ fuzz_target!(|data: &[u8]| {
     let new_size = u64::from(input.u16() % 8192);
     let per_frame = u64::from(block_size) * u64::from(1 + (flags >> 3 & 3));
     let mut body = Vec::new();
+    // Version 4: a reference map (page log, payload length, payload, CRC)
+    // leads the body; its payload is fuzzer bytes, raw or for the codec.
+    let reference_pages = if layout & 64 != 0 {
+        let pages = 1 + u32::from(input.u8()) % 47;
+        let page_log = 6 + input.u8() % 2;
+        let len = usize::from(input.u8());
+        let payload = input.bytes(len).to_vec();
+        body.push(page_log);
+        otaflash_core::patch::format::put_varint(&mut body, payload.len() as u64);
+        body.extend_from_slice(&payload);
+        let crc = crc32fast::hash(&body);
+        body.extend_from_slice(&crc.to_le_bytes());
+        pages
+    } else {
+        0
+    };
     let mut frames = 0u32;
     let mut left = new_size;
     while left > 0 {
@@ -66,8 +82,12 @@ fuzz_target!(|data: &[u8]| {
         left -= out_len;
     }
     let header = Header {
-        // Both versions: their sparse modes are numbered differently.
-        version: if layout & 32 != 0 { 2 } else { 3 },
+        // All versions: 2 numbers its sparse modes differently, 4 has the map.
+        version: match (layout & 64, layout & 32) {
+            (0, 0) => 3,
+            (0, _) => 2,
+            _ => 4,
+        },
         kind: Kind::Sequential,
         compression,
         block_size,
@@ -85,6 +105,7 @@ fuzz_target!(|data: &[u8]| {
         x86_branches: layout & 4 != 0,
         split_streams: compression == Compression::Lzma2 && layout & 8 != 0,
         record_columns: layout & 16 != 0,
+        reference_pages,
     };
     let mut patch = header.encode();
     patch.extend_from_slice(&body);

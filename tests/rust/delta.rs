@@ -231,6 +231,118 @@ fn x86_literals_round_trip_and_shrink_new_code() {
     }
 }
 
+/// An x86-64-like program of `funcs` functions calling each other every 24
+/// bytes; the functions in `grown` end with 64 bytes of new code, so later
+/// functions move and calls between them change.
+fn x86_program(funcs: usize, grown: &[usize], seed: u64) -> Vec<u8> {
+    let sizes: Vec<usize> = noise(funcs, seed)
+        .iter()
+        .map(|b| 200 + usize::from(*b) * 2)
+        .collect();
+    let growth = |f: usize| if grown.contains(&f) { 64 } else { 0 };
+    let mut starts = Vec::with_capacity(funcs);
+    let mut at = 0;
+    for (f, size) in sizes.iter().enumerate() {
+        starts.push(at);
+        at += size + growth(f);
+    }
+    let mut out = Vec::with_capacity(at);
+    for (f, &size) in sizes.iter().enumerate() {
+        let body = noise(size, seed + 1 + f as u64);
+        let mut i = 0;
+        while i < size {
+            if i % 24 == 0 && i + 5 <= size {
+                let callee = usize::from(body[i]) * 7 % funcs;
+                let rel = (starts[callee] as i64 - (out.len() + 5) as i64) as i32;
+                out.push(0xE8);
+                out.extend_from_slice(&rel.to_le_bytes());
+                i += 5;
+            } else {
+                out.push(body[i]);
+                i += 1;
+            }
+        }
+        out.extend_from_slice(&noise(growth(f), seed + 5000 + f as u64));
+    }
+    out
+}
+
+fn mapped(compression: Compression) -> DiffOptions {
+    DiffOptions {
+        references: Some(true),
+        ..DiffOptions::with_compression(compression)
+    }
+}
+
+#[test]
+fn reference_maps_predict_moved_calls_and_round_trip() {
+    let old = x86_program(400, &[], 5);
+    let new = x86_program(400, &[3, 50, 120, 200, 333], 5);
+    for compression in [Compression::None, Compression::Zstd, Compression::Lzma2] {
+        let plain = DiffOptions {
+            references: Some(false),
+            ..DiffOptions::with_compression(compression)
+        };
+        let without = diff(&old, &new, &plain).unwrap();
+        let with = diff(&old, &new, &mapped(compression)).unwrap();
+        let header = Header::decode(&with).unwrap();
+        assert_eq!(
+            (header.version, Header::decode(&without).unwrap().version),
+            (4, 3)
+        );
+        assert!(header.reference_pages > 0);
+        for chunk in [1, 97, with.len()] {
+            assert_eq!(
+                apply_chunked(&old, &with, chunk).unwrap(),
+                new,
+                "{compression:?}"
+            );
+        }
+        // Most calls moved with their targets' pages: far fewer differences.
+        assert!(
+            with.len() * 10 < without.len() * 8,
+            "{compression:?}: {} against {}",
+            with.len(),
+            without.len()
+        );
+    }
+    resume_from_any_checkpoint_gives_identical_output_with(&old, &new, &mapped(Compression::Zstd));
+    let split = DiffOptions {
+        split_streams: Some(true),
+        ..mapped(Compression::Lzma2)
+    };
+    assert_eq!(
+        apply_chunked(&old, &diff(&old, &new, &split).unwrap(), 333).unwrap(),
+        new
+    );
+}
+
+#[test]
+fn a_damaged_reference_map_is_refused() {
+    let old = x86_program(120, &[], 8);
+    let new = x86_program(120, &[7, 60], 8);
+    let opts = mapped(Compression::Zstd);
+    every_truncation_is_an_error_for(&old, &new, &opts);
+    let patch = diff(&old, &new, &opts).unwrap();
+    let header = Header::decode(&patch).unwrap();
+    // Every bit of the header and of the map section (page log, length,
+    // payload, CRC), which ends where the first frame begins.
+    let start = header.encoded_len();
+    let (_, len) = get_varint(&patch[start + 1..]).unwrap().unwrap();
+    let end = start + 1 + len + get_varint(&patch[start + 1..]).unwrap().unwrap().0 as usize + 4;
+    for bit in 0..end * 8 {
+        let mut bad = patch.clone();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        assert!(apply_chunked(&old, &bad, 64).is_err(), "bit {bit}");
+    }
+    // In place, there is no map.
+    let in_place = DiffOptions {
+        references: Some(true),
+        ..DiffOptions::in_place(4096, None)
+    };
+    assert!(diff(&old, &new, &in_place).is_err());
+}
+
 #[test]
 fn edge_sizes_round_trip() {
     let cases: Vec<(Vec<u8>, Vec<u8>)> = vec![
@@ -578,7 +690,7 @@ fn large_lzma2_images_split_in_streams_within_four_mib() {
     let one = diff(&old, &new, &one).unwrap();
     assert!(!Header::decode(&one).unwrap().split_streams);
     for patch in [&split, &one] {
-        let threaded = threaded_working_set(&old, patch, 100_003, &new, 512 << 10);
+        let threaded = threaded_working_set(&old, patch, 100_003, &new, 256 << 10);
         assert!(threaded <= 4 << 20, "{threaded}");
     }
 }

@@ -247,6 +247,7 @@ pub fn patch_info<'py>(head: &Bound<'py, PyAny>) -> OtaResult<Bound<'py, PyDict>
             d.set_item("x86_branches", h.x86_branches)?;
             d.set_item("split_streams", h.split_streams)?;
             d.set_item("record_columns", h.record_columns)?;
+            d.set_item("reference_pages", h.reference_pages)?;
             d.set_item("old_size", h.old_size)?;
             d.set_item("new_size", h.new_size)?;
             d.set_item("old_sha256", hex(&h.old_sha256))?;

@@ -13,6 +13,7 @@ use super::format::{
     BSDIFF_MAGIC, Header, Kind, MAX_HEADER_LEN, PREFIX_LEN, header_len, le_u32, le_u64,
 };
 use super::head_len;
+use super::references::{MovesReader, ReferenceMap};
 use super::vcdiff::{VCDIFF_MAGIC, VcdiffApply};
 use crate::hash::background::BackgroundSha256;
 use crate::io::{ImageSink, ReadAt};
@@ -24,7 +25,8 @@ pub const DEFAULT_READ_CACHE: usize = 256 << 10;
 /// The default ceiling on the applier's working memory.
 pub const DEFAULT_MAX_WORKING_SET: usize = 4 << 20;
 const CHECKPOINT_MAGIC: &[u8; 4] = b"OTCK";
-const CHECKPOINT_VERSION: u16 = 2;
+/// Version 3 adds the reference map; version 2 checkpoints are read too.
+const CHECKPOINT_VERSION: u16 = 3;
 
 #[derive(Clone, Debug)]
 pub struct ApplyOptions {
@@ -226,6 +228,9 @@ pub struct Checkpoint {
     pub output_offset: u64,
     pub frame_index: u32,
     new_state: Vec<u8>,
+    /// The patch's reference map once read (section 3.2): a resume past the
+    /// start of the body does not see it again.
+    references: Option<ReferenceMap>,
 }
 
 impl Checkpoint {
@@ -240,6 +245,13 @@ impl Checkpoint {
         b.extend_from_slice(&self.frame_index.to_le_bytes());
         b.extend_from_slice(&(self.new_state.len() as u32).to_le_bytes());
         b.extend_from_slice(&self.new_state);
+        if let Some(map) = &self.references {
+            let moves = map.encode_moves();
+            b.push(map.page_log());
+            b.extend_from_slice(&(map.pages() as u32).to_le_bytes());
+            b.extend_from_slice(&(moves.len() as u32).to_le_bytes());
+            b.extend_from_slice(&moves);
+        }
         let crc = crc32fast::hash(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         b
@@ -254,7 +266,8 @@ impl Checkpoint {
         if crc32fast::hash(body) != le_u32(crc, 0) {
             return Err(bad("its checksum does not match"));
         }
-        if u16::from_le_bytes([b[4], b[5]]) != CHECKPOINT_VERSION {
+        let version = u16::from_le_bytes([b[4], b[5]]);
+        if !(2..=CHECKPOINT_VERSION).contains(&version) {
             return Err(bad("unknown version"));
         }
         let header_end = 8 + header_len(&body[8..])?;
@@ -266,11 +279,26 @@ impl Checkpoint {
         let output_offset = le_u64(fixed, 8);
         let frame_index = le_u32(fixed, 16);
         let state_len = le_u32(fixed, 20) as usize;
+        let state_end = header_end + 24 + state_len;
         let new_state = body
-            .get(header_end + 24..)
-            .filter(|rest| rest.len() == state_len)
+            .get(header_end + 24..state_end)
             .ok_or_else(|| bad("its hash state has the wrong length"))?
             .to_vec();
+        let rest = &body[state_end..];
+        let references = match rest {
+            [] => None,
+            [page_log, rest @ ..] if version >= 3 && rest.len() >= 8 => {
+                let pages = le_u32(rest, 0);
+                let moves = rest
+                    .get(8..)
+                    .filter(|m| m.len() == le_u32(rest, 4) as usize);
+                let moves = moves.ok_or_else(|| bad("its reference map has the wrong length"))?;
+                let mut reader = MovesReader::new(*page_log, u64::from(pages), header.old_size)?;
+                reader.take(moves)?;
+                Some(reader.finish(header.old_size)?)
+            }
+            _ => return Err(bad("it has bytes after its hash state")),
+        };
         let header_len = header.encoded_len() as u64;
         if patch_offset < header_len
             || patch_offset - header_len > header.body_size
@@ -285,6 +313,7 @@ impl Checkpoint {
             output_offset,
             frame_index,
             new_state,
+            references,
         })
     }
 }
@@ -486,6 +515,9 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
             output_offset: pos.out_pos,
             frame_index: pos.frame_index,
             new_state: new_state.clone(),
+            references: (pos.body_pos > 0)
+                .then(|| s.body.reference_map().cloned())
+                .flatten(),
         })
     }
 
@@ -603,7 +635,7 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
             out_pos: 0,
             frame_index: 0,
         };
-        let body = BodyDecoder::new(&header, self.options.read_cache, pos)?;
+        let body = BodyDecoder::new(&header, self.options.read_cache, pos, None)?;
         let boundary = (pos, sha_state(&Sha256::new()));
         let new_hash = OutputHash::new(Sha256::new(), &header, helpers)?;
         Ok(OursState {
@@ -627,7 +659,7 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
             out_pos: cp.output_offset,
             frame_index: cp.frame_index,
         };
-        let body = BodyDecoder::new(&header, self.options.read_cache, pos)?;
+        let body = BodyDecoder::new(&header, self.options.read_cache, pos, cp.references)?;
         let helpers = Helpers::choose(&header, &self.options, false);
         let new_hash = OutputHash::new(sha_restore(&cp.new_state)?, &header, helpers)?;
         Ok(OursState {

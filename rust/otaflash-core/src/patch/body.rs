@@ -10,6 +10,7 @@ use super::format::{
     Compression, DiffMode, FrameHeader, Header, MAX_FRAME_HEADER_LEN, RECORD_DENSITY, get_varint,
     split_dictionaries, unzigzag,
 };
+use super::references::{MovesReader, ReferenceMap};
 use crate::io::ReadAt;
 use crate::{Error, Result};
 
@@ -41,7 +42,8 @@ pub fn working_set(header: &Header, read_cache: usize) -> usize {
             .sum(),
         Compression::Lzma2 => (1usize << header.window_log) + LZMA2_FIXED,
     };
-    block + records + STAGING + read_cache + codec
+    let references = header.reference_pages as usize * std::mem::size_of::<u32>();
+    block + records + STAGING + read_cache + codec + references
 }
 
 /// Reads of the old image through a 4-way set-associative cache of 4 KiB
@@ -309,6 +311,41 @@ impl Codec {
     }
 }
 
+impl Codec {
+    /// Decodes the reference map's payload: like a frame's, except that
+    /// split LZMA2 patches compress it as one stream, with the records
+    /// stream's dictionary.
+    fn run_map(&mut self, input: &[u8], out: &mut [u8]) -> Result<(usize, usize, bool)> {
+        match self {
+            Self::Raw => {
+                let n = input.len().min(out.len());
+                out[..n].copy_from_slice(&input[..n]);
+                Ok((n, n, false))
+            }
+            Self::Split(split) => lzma2_run(&mut split.streams[0], input, out),
+            other => other.run(input, out),
+        }
+    }
+}
+
+/// The reference map (docs/patch-format.md section 3.2) as it arrives:
+/// `page_log:u8 comp_len:varint payload crc:u32`.
+struct MapReading {
+    head: Vec<u8>,
+    comp_left: Option<u64>,
+    crc: crc32fast::Hasher,
+    stored_crc: Vec<u8>,
+    moves: Option<MovesReader>,
+    codec_done: bool,
+}
+
+/// The patch's reference map: none, being read, or read.
+enum References {
+    None,
+    Reading(Box<MapReading>),
+    Ready(ReferenceMap),
+}
+
 /// One step of a raw LZMA2 decoder: (input used, bytes made, it ended).
 fn lzma2_run(stream: &mut Stream, input: &[u8], out: &mut [u8]) -> Result<(usize, usize, bool)> {
     let (in0, out0) = (stream.total_in(), stream.total_out());
@@ -448,6 +485,7 @@ pub(crate) struct BodyDecoder {
     pos: Position,
     /// The last frame boundary.
     boundary: Position,
+    references: References,
 }
 
 impl std::fmt::Debug for BodyDecoder {
@@ -459,10 +497,34 @@ impl std::fmt::Debug for BodyDecoder {
 }
 
 impl BodyDecoder {
-    /// A decoder starting at `pos`, which must be a frame boundary.
-    pub(crate) fn new(header: &Header, read_cache: usize, pos: Position) -> Result<Self> {
+    /// A decoder starting at `pos`, which must be a frame boundary; past
+    /// the start of a patch with a reference map, it needs that map (kept in
+    /// the checkpoint).
+    pub(crate) fn new(
+        header: &Header,
+        read_cache: usize,
+        pos: Position,
+        map: Option<ReferenceMap>,
+    ) -> Result<Self> {
         let codec = Codec::new(header)?;
         let block = header.block_size as usize;
+        let references = match (header.reference_pages, map) {
+            (0, _) => References::None,
+            (pages, Some(map)) if map.pages() == pages as usize => References::Ready(map),
+            (_, None) if pos.body_pos == 0 => References::Reading(Box::new(MapReading {
+                head: Vec::with_capacity(11),
+                comp_left: None,
+                crc: crc32fast::Hasher::new(),
+                stored_crc: Vec::with_capacity(4),
+                moves: None,
+                codec_done: header.compression == Compression::None,
+            })),
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "the checkpoint lacks the patch's reference map: start the apply again".into(),
+                ));
+            }
+        };
         Ok(Self {
             header: header.clone(),
             codec,
@@ -482,7 +544,102 @@ impl BodyDecoder {
             cache: ReadCache::new(read_cache),
             pos,
             boundary: pos,
+            references,
         })
+    }
+
+    /// The reference map, once read.
+    pub(crate) fn reference_map(&self) -> Option<&ReferenceMap> {
+        match &self.references {
+            References::Ready(map) => Some(map),
+            _ => None,
+        }
+    }
+
+    /// Takes reference-map bytes from the front of `data` (section 3.2):
+    /// how many it used.
+    fn read_map(&mut self, data: &[u8]) -> Result<usize> {
+        let References::Reading(map) = &mut self.references else {
+            return Ok(0);
+        };
+        let mut used = 0;
+        let header = &self.header;
+        while used < data.len() {
+            let rest = &data[used..];
+            let Some(left) = map.comp_left else {
+                map.head.push(rest[0]);
+                used += 1;
+                if map.head.len() < 2 {
+                    continue;
+                }
+                let Some((comp_len, _)) = get_varint(&map.head[1..])? else {
+                    if map.head.len() > 10 {
+                        return Err(corrupt("its reference map's length is damaged"));
+                    }
+                    continue;
+                };
+                let pages = u64::from(header.reference_pages);
+                if comp_len == 0 || comp_len > pages * 5 + pages / 128 + 1024 {
+                    return Err(corrupt(format!(
+                        "its reference map of {pages} pages declares {comp_len} bytes"
+                    )));
+                }
+                map.moves = Some(MovesReader::new(map.head[0], pages, header.old_size)?);
+                map.crc.update(&map.head);
+                map.comp_left = Some(comp_len);
+                continue;
+            };
+            if left > 0 {
+                let take = (left as usize).min(rest.len());
+                let input = &rest[..take];
+                let (i, o, ended) = self.codec.run_map(input, &mut self.staging)?;
+                map.crc.update(&input[..i]);
+                if let Some(moves) = map.moves.as_mut() {
+                    moves.take(&self.staging[..o])?;
+                }
+                map.codec_done |= ended;
+                map.comp_left = Some(left - i as u64);
+                used += i;
+                if ended && left > i as u64 {
+                    return Err(corrupt("its reference map has bytes after its stream"));
+                }
+                if i == 0 && o == 0 {
+                    return Err(corrupt("its reference map does not decode"));
+                }
+                continue;
+            }
+            // Drain the decoder, then the CRC.
+            loop {
+                let (_, o, ended) = self.codec.run_map(&[], &mut self.staging)?;
+                if let Some(moves) = map.moves.as_mut() {
+                    moves.take(&self.staging[..o])?;
+                }
+                map.codec_done |= ended;
+                if o == 0 {
+                    break;
+                }
+            }
+            let n = (4 - map.stored_crc.len()).min(rest.len());
+            map.stored_crc.extend_from_slice(&rest[..n]);
+            used += n;
+            if map.stored_crc.len() == 4 {
+                if !map.codec_done {
+                    return Err(corrupt("its reference map ends inside its stream"));
+                }
+                let stored = super::format::le_u32(&map.stored_crc, 0);
+                if std::mem::take(&mut map.crc).finalize() != stored {
+                    return Err(corrupt("its reference map's checksum does not match"));
+                }
+                let moves = map
+                    .moves
+                    .take()
+                    .ok_or_else(|| corrupt("no reference map"))?;
+                self.references = References::Ready(moves.finish(header.old_size)?);
+                break;
+            }
+        }
+        self.pos.body_pos += used as u64;
+        Ok(used)
     }
 
     /// The last frame boundary passed (where a resume can restart).
@@ -511,6 +668,7 @@ impl BodyDecoder {
     pub(crate) fn is_complete(&self) -> bool {
         self.frame.is_none()
             && self.frame_head.is_empty()
+            && !matches!(self.references, References::Reading(_))
             && self.pos.out_pos == self.header.new_size
             && self.pos.frame_index == self.header.frame_count
     }
@@ -523,6 +681,11 @@ impl BodyDecoder {
         emit: &mut Emit<'_>,
     ) -> Result<()> {
         while !data.is_empty() {
+            if matches!(self.references, References::Reading(_)) {
+                let used = self.read_map(data)?;
+                data = &data[used..];
+                continue;
+            }
             if self.frame.is_none() {
                 if self.pos.out_pos == self.header.new_size {
                     return Err(corrupt(format!(
@@ -1053,6 +1216,14 @@ impl BodyDecoder {
         }
         self.cache
             .gather(old, &mut self.copies, &mut self.block[..self.block_len])?;
+        if let References::Ready(map) = &self.references {
+            let frame = self.frame.as_ref().ok_or_else(|| corrupt("no frame"))?;
+            let block_start = self.pos.out_pos + u64::from(frame.header.out_len) - frame.out_left;
+            for &(from, at, len) in &self.copies {
+                let code = &mut self.block[at as usize..(at + len) as usize];
+                map.predict(code, from, block_start + u64::from(at));
+            }
+        }
         self.phase = if self.header.sparse_diffs {
             Phase::DiffMode
         } else {

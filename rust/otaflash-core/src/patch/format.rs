@@ -10,9 +10,13 @@ pub const MAGIC: &[u8; 4] = b"OTAP";
 /// How version-1 patches (otaflash before the compact header) began.
 const MAGIC_V1: &[u8; 8] = b"OTAPATCH";
 pub const BSDIFF_MAGIC: &[u8; 8] = b"BSDIFF40";
-/// The version patches are made in; 2 is read too (it lacks the bitmap
-/// difference mode, and numbers its run modes one lower).
-pub const VERSION: u8 = 3;
+/// The newest version, made for patches with a reference map (section
+/// 3.2); others are made in version 3, which older appliers read too. 2 is
+/// read (it lacks the bitmap difference mode, and numbers its run modes one
+/// lower).
+pub const VERSION: u8 = 4;
+/// The version of patches without a reference map.
+pub const VERSION_WITHOUT_REFERENCES: u8 = 3;
 const OLDEST_VERSION: u8 = 2;
 /// Bytes that tell a patch's format and, for ours, its header length.
 pub const PREFIX_LEN: usize = 8;
@@ -23,8 +27,8 @@ const HASH_LEN: usize = 32;
 const CRC_LEN: usize = 4;
 /// Shortest header: four one-byte varints, two digests, the CRC.
 pub const MIN_HEADER_LEN: usize = FIXED_LEN + 4 + 2 * HASH_LEN + CRC_LEN;
-/// Longest header: six ten-byte varints and the in-place body digest.
-pub const MAX_HEADER_LEN: usize = FIXED_LEN + 6 * 10 + 3 * HASH_LEN + CRC_LEN;
+/// Longest header: seven ten-byte varints and the in-place body digest.
+pub const MAX_HEADER_LEN: usize = FIXED_LEN + 7 * 10 + 3 * HASH_LEN + CRC_LEN;
 /// Longest frame header: four ten-byte varints and the CRC.
 pub const MAX_FRAME_HEADER_LEN: usize = 4 * 10 + CRC_LEN;
 
@@ -144,6 +148,9 @@ pub struct Header {
     /// A block's records are stored field by field (all copies, all extras,
     /// then all offset changes) rather than record by record (section 4).
     pub record_columns: bool,
+    /// Version 4: pages of the reference map at the start of the body
+    /// (section 3.2); 0 without one.
+    pub reference_pages: u32,
 }
 
 /// Byte 6 of the header: kind in bits 0-1, compression in bits 2-3, then
@@ -225,7 +232,7 @@ pub fn header_len(prefix: &[u8]) -> Result<usize> {
     if prefix.starts_with(MAGIC_V1) {
         return Err(Error::PatchUnsupported(format!(
             "patch format version 1 (an earlier otaflash made it); this otaflash reads \
-             versions {OLDEST_VERSION} and {VERSION}: make the patch again with `otaflash diff`"
+             versions {OLDEST_VERSION} to {VERSION}: make the patch again with `otaflash diff`"
         )));
     }
     if &prefix[..4] != MAGIC {
@@ -233,7 +240,7 @@ pub fn header_len(prefix: &[u8]) -> Result<usize> {
     }
     if !(OLDEST_VERSION..=VERSION).contains(&prefix[4]) {
         return Err(Error::PatchUnsupported(format!(
-            "patch format version {}; this otaflash reads versions {OLDEST_VERSION} and \
+            "patch format version {}; this otaflash reads versions {OLDEST_VERSION} to \
              {VERSION}",
             prefix[4]
         )));
@@ -271,6 +278,9 @@ impl Header {
         put_varint(&mut b, self.old_size);
         put_varint(&mut b, self.new_size);
         put_varint(&mut b, self.body_size);
+        if self.version >= 4 {
+            put_varint(&mut b, u64::from(self.reference_pages));
+        }
         if self.kind == Kind::InPlace {
             let bs = u64::from(self.block_size.max(1));
             put_varint(&mut b, self.shift / bs);
@@ -337,6 +347,14 @@ impl Header {
         let old_size = f.varint()?;
         let new_size = f.varint()?;
         let body_size = f.varint()?;
+        let reference_pages = if b[4] >= 4 { f.varint()? } else { 0 };
+        if reference_pages > super::references::MAX_PAGES
+            || (reference_pages > 0 && kind == Kind::InPlace)
+        {
+            return Err(corrupt(format!(
+                "its reference map of {reference_pages} pages is absurd"
+            )));
+        }
         for (name, size) in [("old", old_size), ("new", new_size), ("body", body_size)] {
             if size > MAX_IMAGE_SIZE {
                 return Err(corrupt(format!("absurd {name} size {size}")));
@@ -379,6 +397,7 @@ impl Header {
             x86_branches: b[6] & FLAG_X86_BRANCHES != 0,
             split_streams,
             record_columns: b[6] & FLAG_RECORD_COLUMNS != 0,
+            reference_pages: reference_pages as u32,
         };
         header.check_geometry()?;
         Ok(header)
@@ -639,7 +658,7 @@ mod tests {
 
     fn sample() -> Header {
         Header {
-            version: VERSION,
+            version: VERSION_WITHOUT_REFERENCES,
             kind: Kind::Sequential,
             compression: Compression::Zstd,
             block_size: 4096,
@@ -657,6 +676,16 @@ mod tests {
             x86_branches: false,
             split_streams: false,
             record_columns: false,
+            reference_pages: 0,
+        }
+    }
+
+    fn mapped_sample() -> Header {
+        Header {
+            version: VERSION,
+            reference_pages: 1000,
+            x86_branches: true,
+            ..sample()
         }
     }
 
@@ -684,7 +713,7 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_rejects_every_single_bit_flip() {
-        for h in [sample(), in_place_sample(), split_sample()] {
+        for h in [sample(), in_place_sample(), split_sample(), mapped_sample()] {
             let bytes = h.encode();
             assert_eq!(bytes.len(), h.encoded_len());
             assert_eq!(header_len(&bytes).unwrap(), bytes.len());
@@ -700,6 +729,20 @@ mod tests {
         }
         // A sequential patch's header: 81 bytes plus its varints.
         assert_eq!(sample().encoded_len(), MIN_HEADER_LEN + 1);
+        // Version 4 adds the map's page count; in place, there is none.
+        assert_eq!(mapped_sample().encoded_len(), MIN_HEADER_LEN + 3);
+        let absurd = Header {
+            reference_pages: (super::super::references::MAX_PAGES + 1) as u32,
+            ..mapped_sample()
+        };
+        assert!(Header::decode(&absurd.encode()).is_err());
+        let in_place = Header {
+            version: VERSION,
+            reference_pages: 1,
+            ..in_place_sample()
+        };
+        let err = Header::decode(&in_place.encode()).unwrap_err().to_string();
+        assert!(err.contains("reference map"), "{err}");
     }
 
     #[test]
@@ -727,22 +770,19 @@ mod tests {
     }
 
     #[test]
-    fn versions_two_and_three_are_read_and_number_their_modes() {
+    fn versions_two_to_four_are_read_and_number_their_modes() {
         let v2 = Header {
             version: 2,
             sparse_diffs: true,
             ..sample()
         };
         assert_eq!(Header::decode(&v2.encode()).unwrap(), v2);
-        let v4 = Header {
-            version: 4,
+        let v5 = Header {
+            version: 5,
             ..sample()
         };
-        let err = Header::decode(&v4.encode()).unwrap_err().to_string();
-        assert!(
-            err.contains("version 4") && err.contains("2 and 3"),
-            "{err}"
-        );
+        let err = Header::decode(&v5.encode()).unwrap_err().to_string();
+        assert!(err.contains("version 5") && err.contains("2 to 4"), "{err}");
         for (version, value, mode) in [
             (2, 0, DiffMode::Whole),
             (2, 1, DiffMode::Runs(0)),
@@ -753,7 +793,7 @@ mod tests {
             (3, 6, DiffMode::Runs(4)),
         ] {
             assert_eq!(DiffMode::from_value(version, value), mode);
-            if version == VERSION {
+            if version >= 3 {
                 assert_eq!(mode.value(), value);
             }
         }

@@ -165,7 +165,7 @@ pub fn apply_in_place<T: InPlaceTarget>(
             shift: header.shift,
             size: header.old_size,
         };
-        let mut body = BodyDecoder::new(&header, options.read_cache, pos)?;
+        let mut body = BodyDecoder::new(&header, options.read_cache, pos, None)?;
         let mut step = done;
         let mut failure: Option<Error> = None;
         {

@@ -9,6 +9,7 @@ pub mod branches;
 mod bsdiff;
 pub mod format;
 mod inplace;
+pub mod references;
 mod vcdiff;
 
 pub use apply::{
