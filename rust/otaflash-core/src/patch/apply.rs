@@ -295,7 +295,7 @@ impl Checkpoint {
                 let moves = moves.ok_or_else(|| bad("its reference map has the wrong length"))?;
                 let mut reader = MovesReader::new(*page_log, u64::from(pages), header.old_size)?;
                 reader.take(moves)?;
-                Some(reader.finish(header.old_size)?)
+                Some(reader.finish()?)
             }
             _ => return Err(bad("it has bytes after its hash state")),
         };

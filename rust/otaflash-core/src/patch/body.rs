@@ -309,9 +309,7 @@ impl Codec {
             Self::Split(split) => split.run(input, out),
         }
     }
-}
 
-impl Codec {
     /// Decodes the reference map's payload: like a frame's, except that
     /// split LZMA2 patches compress it as one stream, with the records
     /// stream's dictionary.
@@ -634,7 +632,7 @@ impl BodyDecoder {
                     .moves
                     .take()
                     .ok_or_else(|| corrupt("no reference map"))?;
-                self.references = References::Ready(moves.finish(header.old_size)?);
+                self.references = References::Ready(moves.finish()?);
                 break;
             }
         }
@@ -1217,8 +1215,7 @@ impl BodyDecoder {
         self.cache
             .gather(old, &mut self.copies, &mut self.block[..self.block_len])?;
         if let References::Ready(map) = &self.references {
-            let frame = self.frame.as_ref().ok_or_else(|| corrupt("no frame"))?;
-            let block_start = self.pos.out_pos + u64::from(frame.header.out_len) - frame.out_left;
+            let block_start = self.out_pos();
             for &(from, at, len) in &self.copies {
                 let code = &mut self.block[at as usize..(at + len) as usize];
                 map.predict(code, from, block_start + u64::from(at));
@@ -1306,8 +1303,8 @@ impl BodyDecoder {
     }
 
     fn finish_block(&mut self, emit: &mut Emit<'_>) -> Result<()> {
+        let offset = self.out_pos();
         let frame = self.frame.as_mut().ok_or_else(|| corrupt("no frame"))?;
-        let offset = self.pos.out_pos + u64::from(frame.header.out_len) - frame.out_left;
         frame.out_left -= self.block_len as u64;
         self.phase = Phase::Count;
         if self.header.x86_branches {

@@ -10,7 +10,7 @@
 //! in a copy's old bytes to point where its target went before adding the
 //! differences, which are then mostly zero (ruff: differences −30 %).
 
-use super::format::{get_varint, put_varint};
+use super::format::{get_varint, put_signed, unzigzag};
 use crate::{Error, Result};
 
 /// A map has at most this many pages (a 256 KiB table): the maker picks the
@@ -171,8 +171,7 @@ impl ReferenceMap {
         let mut out = Vec::with_capacity(self.moves.len() * 2);
         let mut previous = 0u32;
         for &m in &self.moves {
-            let step = m.wrapping_sub(previous) as i32;
-            put_varint(&mut out, ((step << 1) ^ (step >> 31)) as u32 as u64);
+            put_signed(&mut out, i64::from(m.wrapping_sub(previous) as i32));
             previous = m;
         }
         out
@@ -184,8 +183,10 @@ impl ReferenceMap {
 pub struct MovesReader {
     page_log: u8,
     pages: usize,
+    old_size: u64,
     moves: Vec<u32>,
     previous: u32,
+    /// The bytes of a varint not yet ended.
     pending: Vec<u8>,
 }
 
@@ -205,6 +206,7 @@ impl MovesReader {
         Ok(Self {
             page_log,
             pages: pages as usize,
+            old_size,
             moves: Vec::with_capacity(pages as usize),
             previous: 0,
             pending: Vec::with_capacity(10),
@@ -212,50 +214,27 @@ impl MovesReader {
     }
 
     /// Takes decompressed bytes; more than the pages' moves is an error.
-    pub fn take(&mut self, mut bytes: &[u8]) -> Result<()> {
-        while !bytes.is_empty() {
+    pub fn take(&mut self, bytes: &[u8]) -> Result<()> {
+        for &byte in bytes {
             if self.moves.len() == self.pages {
                 return Err(corrupt("its reference map holds more moves than pages"));
             }
-            let (value, used) = if self.pending.is_empty() {
-                match get_varint(bytes)? {
-                    Some(v) => v,
-                    None => {
-                        self.pending.extend_from_slice(bytes);
-                        return Ok(());
-                    }
-                }
-            } else {
-                let before = self.pending.len();
-                let room = (10 - before).min(bytes.len());
-                self.pending.extend_from_slice(&bytes[..room]);
-                match get_varint(&self.pending)? {
-                    Some((v, n)) => {
-                        self.pending.clear();
-                        (v, n - before)
-                    }
-                    None => {
-                        self.pending.truncate(before);
-                        self.pending.extend_from_slice(bytes);
-                        if self.pending.len() >= 10 {
-                            return Err(corrupt("its reference map has a damaged varint"));
-                        }
-                        return Ok(());
-                    }
-                }
+            self.pending.push(byte);
+            let Some((value, _)) = get_varint(&self.pending)? else {
+                continue;
             };
-            let zigzag =
-                u32::try_from(value).map_err(|_| corrupt("its reference map has a bad move"))?;
-            let step = (zigzag >> 1) as i32 ^ -((zigzag & 1) as i32);
+            self.pending.clear();
+            // A step is a 32-bit value, zig-zag encoded.
+            let step = i32::try_from(unzigzag(value))
+                .map_err(|_| corrupt("its reference map has a bad move"))?;
             self.previous = self.previous.wrapping_add(step as u32);
             self.moves.push(self.previous);
-            bytes = &bytes[used..];
         }
         Ok(())
     }
 
     /// The map, once every page's move has been read.
-    pub fn finish(self, old_size: u64) -> Result<ReferenceMap> {
+    pub fn finish(self) -> Result<ReferenceMap> {
         if self.moves.len() != self.pages || !self.pending.is_empty() {
             return Err(corrupt(format!(
                 "its reference map ends after {} of its {} pages",
@@ -263,7 +242,7 @@ impl MovesReader {
                 self.pages
             )));
         }
-        Ok(ReferenceMap::new(self.page_log, self.moves, old_size))
+        Ok(ReferenceMap::new(self.page_log, self.moves, self.old_size))
     }
 }
 
@@ -318,11 +297,11 @@ mod tests {
             let mut reader = MovesReader::new(10, 6, 6 << 10).unwrap();
             reader.take(&bytes[..cut]).unwrap();
             reader.take(&bytes[cut..]).unwrap();
-            assert_eq!(reader.finish(6 << 10).unwrap(), map);
+            assert_eq!(reader.finish().unwrap(), map);
         }
         let mut short = MovesReader::new(10, 6, 6 << 10).unwrap();
         short.take(&bytes[..bytes.len() - 1]).unwrap();
-        assert!(short.finish(6 << 10).is_err());
+        assert!(short.finish().is_err());
         let mut long = MovesReader::new(10, 5, 6 << 10).unwrap();
         assert!(long.take(&bytes).is_err());
         assert!(MovesReader::new(10, 7, 6 << 10).is_err());
