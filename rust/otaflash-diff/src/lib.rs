@@ -67,7 +67,7 @@ pub struct DiffOptions {
     pub record_columns: bool,
     /// Carry a reference map (docs/patch-format.md section 3.2) so the
     /// applier predicts x86-64 references in copied code; `None`: large
-    /// sequential images that look like x86 code do (ruff −12 %).
+    /// sequential images that look like x86 code do (ruff −15 %).
     pub references: Option<bool>,
 }
 
