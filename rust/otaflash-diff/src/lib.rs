@@ -839,9 +839,8 @@ fn reference_map(old: &[u8], new: &[u8], records: &[Record]) -> ReferenceMap {
         let (o, n, c) = (r.old as usize, at as usize, r.copy as usize);
         at += r.copy + r.extra;
         let code = &old[o..o + c];
-        let mut from = 0;
-        while let Some((field, end)) = references::next_field(code, from) {
-            from = end;
+        let mut scan = references::FieldScan::new();
+        while let Some((field, end)) = scan.next(code) {
             let target = references::old_target(code, field, end, r.old);
             let Ok(target) = u64::try_from(target) else {
                 continue;
