@@ -288,7 +288,7 @@ fn reference_maps_predict_moved_calls_and_round_trip() {
         let header = Header::decode(&with).unwrap();
         assert_eq!(
             (header.version, Header::decode(&without).unwrap().version),
-            (4, 3)
+            (5, 3)
         );
         assert!(header.reference_pages > 0);
         for chunk in [1, 97, with.len()] {
@@ -315,6 +315,87 @@ fn reference_maps_predict_moved_calls_and_round_trip() {
         apply_chunked(&old, &diff(&old, &new, &split).unwrap(), 333).unwrap(),
         new
     );
+}
+
+/// A position-dependent x86-64 executable (ELF, ET_EXEC, loaded at
+/// 0x400000): functions that load the addresses of others (MOV ebx, imm32)
+/// and a table of their addresses at the end; `grown` functions are longer
+/// in the new one, so addresses after them move.
+fn exec_program(funcs: usize, grown: &[usize], seed: u64) -> Vec<u8> {
+    const BASE: u64 = 0x40_0000;
+    let mut elf = vec![0u8; 64 + 56];
+    elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+    elf[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+    elf[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    elf[54..56].copy_from_slice(&56u16.to_le_bytes());
+    elf[56..58].copy_from_slice(&1u16.to_le_bytes());
+    elf[64..68].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD at offset 0
+    elf[80..88].copy_from_slice(&BASE.to_le_bytes());
+    let sizes: Vec<usize> = noise(funcs, seed)
+        .iter()
+        .map(|b| 200 + usize::from(*b) * 2)
+        .collect();
+    let growth = |f: usize| if grown.contains(&f) { 64 } else { 0 };
+    let mut starts = Vec::with_capacity(funcs);
+    let mut at = elf.len();
+    for (f, size) in sizes.iter().enumerate() {
+        starts.push(BASE as u32 + at as u32);
+        at += size + growth(f);
+    }
+    let mut out = elf;
+    for (f, &size) in sizes.iter().enumerate() {
+        let body = noise(size, seed + 1 + f as u64);
+        let mut i = 0;
+        while i < size {
+            if i % 24 == 0 && i + 5 <= size {
+                out.push(0xBB);
+                let callee = usize::from(body[i]) * 7 % funcs;
+                out.extend_from_slice(&starts[callee].to_le_bytes());
+                i += 5;
+            } else {
+                out.push(body[i]);
+                i += 1;
+            }
+        }
+        out.extend_from_slice(&noise(growth(f), seed + 5000 + f as u64));
+    }
+    for start in starts {
+        out.extend_from_slice(&u64::from(start).to_le_bytes());
+    }
+    out
+}
+
+#[test]
+fn reference_maps_move_absolute_addresses_in_position_dependent_executables() {
+    let old = exec_program(400, &[], 11);
+    let new = exec_program(400, &[3, 50, 120, 200, 333], 11);
+    // The same bytes without the ELF header that says where they load.
+    let unplaced = |image: &[u8]| [&[0u8; 120][..], &image[120..]].concat();
+    for compression in [Compression::Zstd, Compression::Lzma2] {
+        let with = diff(&old, &new, &mapped(compression)).unwrap();
+        assert_eq!(Header::decode(&with).unwrap().version, 5);
+        for chunk in [1, 97, with.len()] {
+            assert_eq!(
+                apply_chunked(&old, &with, chunk).unwrap(),
+                new,
+                "{compression:?}"
+            );
+        }
+        let without = diff(&unplaced(&old), &unplaced(&new), &mapped(compression)).unwrap();
+        assert_eq!(
+            apply_chunked(&unplaced(&old), &without, without.len()).unwrap(),
+            unplaced(&new)
+        );
+        // Addresses moved with their targets' pages: far fewer differences.
+        assert!(
+            with.len() * 10 < without.len() * 8,
+            "{compression:?}: {} against {}",
+            with.len(),
+            without.len()
+        );
+    }
+    resume_from_any_checkpoint_gives_identical_output_with(&old, &new, &mapped(Compression::Zstd));
 }
 
 #[test]

@@ -832,6 +832,7 @@ fn build_frames(
 /// aimed into.
 fn reference_map(old: &[u8], new: &[u8], records: &[Record]) -> ReferenceMap {
     let page_log = ReferenceMap::page_log_for(old.len() as u64);
+    let absolute = absolute_addresses(old, new);
     // (page, move) of every reference aimed into the old image.
     let mut votes: Vec<(u32, u32)> = Vec::new();
     let mut at = 0u64;
@@ -839,9 +840,9 @@ fn reference_map(old: &[u8], new: &[u8], records: &[Record]) -> ReferenceMap {
         let (o, n, c) = (r.old as usize, at as usize, r.copy as usize);
         at += r.copy + r.extra;
         let code = &old[o..o + c];
-        let mut scan = references::FieldScan::new();
-        while let Some((field, end)) = scan.next(code) {
-            let target = references::old_target(code, field, end, r.old);
+        let mut scan = references::FieldScan::new(absolute);
+        while let Some(field) = scan.next(code) {
+            let target = references::old_target(code, field, r.old, absolute);
             let Ok(target) = u64::try_from(target) else {
                 continue;
             };
@@ -849,9 +850,14 @@ fn reference_map(old: &[u8], new: &[u8], records: &[Record]) -> ReferenceMap {
                 continue;
             }
             let mut operand = [0u8; 4];
-            operand.copy_from_slice(&new[n + field..n + field + 4]);
-            let new_target = (n + end) as i64 + i64::from(i32::from_le_bytes(operand));
-            let moved = (new_target - target as i64) as u32;
+            operand.copy_from_slice(&new[n + field.at..n + field.end]);
+            let operand = u32::from_le_bytes(operand);
+            let moved = match absolute {
+                Some(a) if field.absolute => {
+                    operand.wrapping_sub(a.first).wrapping_sub(target as u32)
+                }
+                _ => ((n + field.end) as i64 + i64::from(operand as i32) - target as i64) as u32,
+            };
             votes.push(((target >> page_log) as u32, moved));
         }
     }
@@ -871,7 +877,38 @@ fn reference_map(old: &[u8], new: &[u8], records: &[Record]) -> ReferenceMap {
             moves[p] = moves[p - 1];
         }
     }
-    ReferenceMap::new(page_log, moves, old.len() as u64)
+    ReferenceMap::new(page_log, moves, old.len() as u64, absolute)
+}
+
+/// Absolute references to look for: in a position-dependent x86-64 ELF
+/// executable (ET_EXEC, as statically linked programs often are), both
+/// images loaded at the same address, the address of file offset 0 (its
+/// first PT_LOAD's address less its offset). None otherwise: in
+/// position-independent code 32-bit values that look like addresses are
+/// mostly not.
+fn absolute_addresses(old: &[u8], new: &[u8]) -> Option<references::Absolute> {
+    let first = elf_exec_base(old)?;
+    if elf_exec_base(new)? != first {
+        return None;
+    }
+    references::Absolute::new(first, old.len() as u64)
+}
+
+/// The address of file offset 0 of a little-endian x86-64 ET_EXEC ELF.
+fn elf_exec_base(image: &[u8]) -> Option<u64> {
+    let u16_at = |at: usize| Some(u16::from_le_bytes(image.get(at..at + 2)?.try_into().ok()?));
+    let u32_at = |at: usize| Some(u32::from_le_bytes(image.get(at..at + 4)?.try_into().ok()?));
+    let u64_at = |at: usize| Some(u64::from_le_bytes(image.get(at..at + 8)?.try_into().ok()?));
+    // ELFCLASS64, little-endian, ET_EXEC, EM_X86_64.
+    if image.get(..6)? != b"\x7fELF\x02\x01" || u16_at(16)? != 2 || u16_at(18)? != 62 {
+        return None;
+    }
+    let (phoff, phentsize, phnum) = (u64_at(32)?, u16_at(54)?, u16_at(56)?);
+    (0..u64::from(phnum)).find_map(|i| {
+        let ph = usize::try_from(phoff + i * u64::from(phentsize)).ok()?;
+        // PT_LOAD: p_offset at 8, p_vaddr at 16.
+        (u32_at(ph)? == 1).then(|| u64_at(ph + 16)?.checked_sub(u64_at(ph + 8)?))?
+    })
 }
 
 /// Writes the reference map section: page_log, payload length, the moves
@@ -896,6 +933,7 @@ fn put_reference_map(body: &mut Vec<u8>, map: &ReferenceMap, opts: &DiffOptions)
     };
     let start = body.len();
     body.push(map.page_log());
+    format::put_varint(body, map.absolute().map_or(0, |a| u64::from(a.first)));
     format::put_varint(body, payload.len() as u64);
     body.extend_from_slice(&payload);
     let crc = crc32fast::hash(&body[start..]);

@@ -25,8 +25,9 @@ pub const DEFAULT_READ_CACHE: usize = 256 << 10;
 /// The default ceiling on the applier's working memory.
 pub const DEFAULT_MAX_WORKING_SET: usize = 4 << 20;
 const CHECKPOINT_MAGIC: &[u8; 4] = b"OTCK";
-/// Version 3 adds the reference map; version 2 checkpoints are read too.
-const CHECKPOINT_VERSION: u16 = 3;
+/// Version 3 adds the reference map, 4 its absolute address; versions 2
+/// and 3 are read too.
+const CHECKPOINT_VERSION: u16 = 4;
 
 #[derive(Clone, Debug)]
 pub struct ApplyOptions {
@@ -249,6 +250,8 @@ impl Checkpoint {
             let moves = map.encode_moves();
             b.push(map.page_log());
             b.extend_from_slice(&(map.pages() as u32).to_le_bytes());
+            let first = map.absolute().map_or(0, |a| a.first);
+            b.extend_from_slice(&first.to_le_bytes());
             b.extend_from_slice(&(moves.len() as u32).to_le_bytes());
             b.extend_from_slice(&moves);
         }
@@ -289,11 +292,21 @@ impl Checkpoint {
             [] => None,
             [page_log, rest @ ..] if version >= 3 && rest.len() >= 8 => {
                 let pages = le_u32(rest, 0);
+                // Version 4 adds the absolute address of old offset 0.
+                let (first, rest) = match version {
+                    3 => (0, rest),
+                    _ => (le_u32(rest, 4), &rest[4..]),
+                };
                 let moves = rest
                     .get(8..)
-                    .filter(|m| m.len() == le_u32(rest, 4) as usize);
+                    .filter(|m| rest.len() >= 8 && m.len() == le_u32(rest, 4) as usize);
                 let moves = moves.ok_or_else(|| bad("its reference map has the wrong length"))?;
-                let mut reader = MovesReader::new(*page_log, u64::from(pages), header.old_size)?;
+                let mut reader = MovesReader::new(
+                    *page_log,
+                    u64::from(pages),
+                    header.old_size,
+                    u64::from(first),
+                )?;
                 reader.take(moves)?;
                 Some(reader.finish()?)
             }
@@ -836,4 +849,44 @@ fn feed_ours(
 fn frame_step(body: &BodyDecoder, avail: usize) -> usize {
     body.bytes_to_boundary()
         .map_or(avail, |n| n.clamp(1, avail as u64) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::patch::references::Absolute;
+
+    #[test]
+    fn checkpoints_keep_the_map_and_read_version_3_blobs() {
+        let old: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut new = old.clone();
+        new[100] ^= 1;
+        let patch =
+            otaflash_diff::diff(&old, &new, &otaflash_diff::DiffOptions::default()).unwrap();
+        let header = Header::decode(&patch).unwrap();
+        let moves = vec![0, 40, 40];
+        for absolute in [None, Absolute::new(0x40_0000, 4096)] {
+            let checkpoint = Checkpoint {
+                header: header.clone(),
+                patch_offset: header.encoded_len() as u64,
+                output_offset: 0,
+                frame_index: 0,
+                new_state: sha_state(&Sha256::new()),
+                references: Some(ReferenceMap::new(6, moves.clone(), 4096, absolute)),
+            };
+            let blob = checkpoint.to_bytes();
+            let read = Checkpoint::from_bytes(&blob).unwrap();
+            assert_eq!(read.references, checkpoint.references);
+            // Version 3 wrote no absolute address after the page count.
+            let map_at = blob.len() - 4 - (1 + 4 + 4 + 4 + 3);
+            let mut v3 = [&blob[..map_at + 5], &blob[map_at + 9..blob.len() - 4]].concat();
+            v3[4..6].copy_from_slice(&3u16.to_le_bytes());
+            v3.extend_from_slice(&crc32fast::hash(&v3).to_le_bytes());
+            let read = Checkpoint::from_bytes(&v3).unwrap();
+            assert_eq!(
+                read.references,
+                Some(ReferenceMap::new(6, moves.clone(), 4096, None))
+            );
+        }
+    }
 }

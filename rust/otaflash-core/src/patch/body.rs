@@ -567,14 +567,25 @@ impl BodyDecoder {
             let Some(left) = map.comp_left else {
                 map.head.push(rest[0]);
                 used += 1;
-                if map.head.len() < 2 {
+                // page_log, (version 5) the absolute address of old
+                // offset 0, the compressed length.
+                let mut fields = [0u64; 2];
+                let wanted = if header.version >= 5 { 2 } else { 1 };
+                let (mut at, mut parsed) = (1, 0);
+                // (get_varint refuses a varint longer than 10 bytes.)
+                while parsed < wanted {
+                    let Some((value, n)) = get_varint(&map.head[at..])? else {
+                        break;
+                    };
+                    fields[parsed] = value;
+                    (at, parsed) = (at + n, parsed + 1);
+                }
+                if parsed < wanted {
                     continue;
                 }
-                let Some((comp_len, _)) = get_varint(&map.head[1..])? else {
-                    if map.head.len() > 10 {
-                        return Err(corrupt("its reference map's length is damaged"));
-                    }
-                    continue;
+                let (absolute_first, comp_len) = match wanted {
+                    2 => (fields[0], fields[1]),
+                    _ => (0, fields[0]),
                 };
                 let pages = u64::from(header.reference_pages);
                 if comp_len == 0 || comp_len > pages * 5 + pages / 128 + 1024 {
@@ -582,7 +593,12 @@ impl BodyDecoder {
                         "its reference map of {pages} pages declares {comp_len} bytes"
                     )));
                 }
-                map.moves = Some(MovesReader::new(map.head[0], pages, header.old_size)?);
+                map.moves = Some(MovesReader::new(
+                    map.head[0],
+                    pages,
+                    header.old_size,
+                    absolute_first,
+                )?);
                 map.crc.update(&map.head);
                 map.comp_left = Some(comp_len);
                 continue;

@@ -61,19 +61,68 @@ fn is_call(opcode: u8) -> bool {
     opcode & 0xFE == 0xE8
 }
 
-/// The reference fields of some code, in order: (field offset, offset of
-/// the end of its instruction). After a field the scan resumes at the end
-/// of its instruction, so fields never overlap; they lie wholly inside the
-/// code. CALL/JMP take 1 + 4 bytes, the others 2 + 4. A window's mask is
-/// kept across the fields found in it (half the work of rescanning).
+/// Absolute references: 32-bit values that are addresses in the old
+/// image, as position-dependent (non-PIE) executables hold them in code
+/// (`mov $addr, ...`) and data. A value `v` with `v - first < len` (mod
+/// 2^32) refers to old offset `v - first`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Absolute {
+    /// The address of old offset 0 (never 0: zeros pad the scan's tail).
+    pub first: u32,
+    /// How many addresses count, at most the old image's size.
+    pub len: u32,
+}
+
+impl Absolute {
+    /// Addresses from `first` (1..2^32) for an old image of `old_size`
+    /// bytes, up to 2^32.
+    pub fn new(first: u64, old_size: u64) -> Option<Self> {
+        let first = u32::try_from(first).ok().filter(|&f| f != 0)?;
+        let len = old_size.min((1 << 32) - u64::from(first)) as u32;
+        Some(Self { first, len })
+    }
+}
+
+/// A reference field found by [`FieldScan`]: its four operand bytes at
+/// `at`, the instruction (or, absolute, the value) ending at `end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Field {
+    pub at: usize,
+    pub end: usize,
+    pub absolute: bool,
+}
+
+/// Bytes a window holds: its positions and the bytes an absolute value
+/// at the last of them reads.
+const WINDOW: usize = LANES + FIELD - 1;
+
+/// Bit j: whether the 32-bit value at the window's position j is an
+/// absolute reference.
+#[inline(always)]
+fn absolute_mask(w: &[u8; WINDOW], absolute: Absolute) -> u32 {
+    (0..LANES).fold(0, |mask, j| {
+        let v = u32::from_le_bytes([w[j], w[j + 1], w[j + 2], w[j + 3]]);
+        mask | u32::from(v.wrapping_sub(absolute.first) < absolute.len) << j
+    })
+}
+
+/// The reference fields of some code, in order. At each position, a
+/// relative field's opcode comes first, then an absolute value; after a
+/// field the scan resumes at its end, so fields never overlap; they lie
+/// wholly inside the code. CALL/JMP take 1 + 4 bytes, the other relative
+/// ones 2 + 4, absolute values 4. A window's masks are kept across the
+/// fields found in it (half the work of rescanning).
 ///
 /// The caller passes the code at each step, so it may rewrite fields
 /// already returned: the masks only depend on bytes past them.
 #[derive(Debug, Default)]
 pub struct FieldScan {
+    absolute: Option<Absolute>,
     /// The current window's first position.
     base: usize,
-    /// Positions in the window not yet looked at that begin a reference.
+    /// Positions in the window not yet looked at that begin a relative
+    /// field, or any field.
+    relative: u32,
     starts: u32,
     /// The first position a field may begin at.
     resume: usize,
@@ -82,13 +131,21 @@ pub struct FieldScan {
 }
 
 impl FieldScan {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(absolute: Option<Absolute>) -> Self {
+        Self {
+            absolute,
+            ..Self::default()
+        }
     }
 
-    pub fn next(&mut self, code: &[u8]) -> Option<(usize, usize)> {
-        // The last position an instruction of 1 + 4 bytes fits at.
-        let last = code.len().checked_sub(1 + FIELD)?;
+    pub fn next(&mut self, code: &[u8]) -> Option<Field> {
+        // The last position a relative field's instruction (1 + 4 bytes),
+        // and any field, fits at.
+        let last_relative = code.len().checked_sub(1 + FIELD);
+        let last = code.len().checked_sub(match self.absolute {
+            Some(_) => FIELD,
+            None => 1 + FIELD,
+        })?;
         loop {
             if self.starts == 0 {
                 let base = if self.loaded {
@@ -99,20 +156,24 @@ impl FieldScan {
                 if base > last {
                     return None;
                 }
-                let starts = match code.get(base..=base + LANES) {
-                    Some(w) => window_mask(w.try_into().ok()?),
+                let mut padded = [0u8; WINDOW];
+                let w: &[u8; WINDOW] = match code.get(base..base + WINDOW) {
+                    Some(w) => w.try_into().ok()?,
                     None => {
                         // The tail, padded with zeros (which begin nothing).
-                        let mut w = [0u8; LANES + 1];
-                        w[..code.len() - base].copy_from_slice(&code[base..]);
-                        window_mask(&w)
+                        padded[..code.len() - base].copy_from_slice(&code[base..]);
+                        &padded
                     }
                 };
+                let relative = window_mask(w[..=LANES].try_into().ok()?);
+                let absolute = self.absolute.map_or(0, |a| absolute_mask(w, a));
                 *self = Self {
                     base,
-                    starts,
+                    relative,
+                    starts: relative | absolute,
                     resume: base,
                     loaded: true,
+                    ..*self
                 };
                 continue;
             }
@@ -123,34 +184,62 @@ impl FieldScan {
                 self.starts = 0;
                 return None;
             }
-            // The opcode again, rather than a second mask: the same answer
-            // for one load.
-            let (field, end) = if is_call(code[at]) {
-                (at + 1, at + 1 + FIELD)
-            } else if at < last {
-                (at + 2, at + 2 + FIELD)
-            } else {
-                continue;
+            let relative = (self.relative >> bit & 1 == 1)
+                .then_some(())
+                .and(last_relative)
+                .filter(|&l| at <= l)
+                // The opcode again, rather than a second mask: the same
+                // answer for one load.
+                .and_then(|l| match is_call(code[at]) {
+                    true => Some(at + 1),
+                    false => (at < l).then_some(at + 2),
+                });
+            let field = match relative {
+                Some(operand) => Field {
+                    at: operand,
+                    end: operand + FIELD,
+                    absolute: false,
+                },
+                None if self.absolute.is_some_and(|a| {
+                    let v =
+                        u32::from_le_bytes([code[at], code[at + 1], code[at + 2], code[at + 3]]);
+                    v.wrapping_sub(a.first) < a.len
+                }) =>
+                {
+                    Field {
+                        at,
+                        end: at + FIELD,
+                        absolute: true,
+                    }
+                }
+                None => continue,
             };
-            self.resume = end;
-            // Positions before the end of this instruction are passed over.
-            let skip = end - self.base;
+            self.resume = field.end;
+            // Positions before the end of this field are passed over.
+            let skip = field.end - self.base;
             self.starts = if skip >= LANES {
                 0
             } else {
                 self.starts & (u32::MAX << skip)
             };
-            return Some((field, end));
+            return Some(field);
         }
     }
 }
 
-/// The target a field at `field` (instruction ending at `end`) of old bytes
-/// `code`, copied from old offset `old_pos`, refers to in the old image.
-pub fn old_target(code: &[u8], field: usize, end: usize, old_pos: u64) -> i64 {
-    let mut operand = [0u8; FIELD];
-    operand.copy_from_slice(&code[field..field + FIELD]);
-    old_pos as i64 + end as i64 + i64::from(i32::from_le_bytes(operand))
+/// The old-image offset a field of old bytes `code`, copied from old offset
+/// `old_pos`, refers to.
+pub fn old_target(code: &[u8], field: Field, old_pos: u64, absolute: Option<Absolute>) -> i64 {
+    let operand = u32::from_le_bytes([
+        code[field.at],
+        code[field.at + 1],
+        code[field.at + 2],
+        code[field.at + 3],
+    ]);
+    match absolute {
+        Some(a) if field.absolute => i64::from(operand.wrapping_sub(a.first)),
+        _ => old_pos as i64 + field.end as i64 + i64::from(operand as i32),
+    }
 }
 
 /// How far targets in each page of the old image moved (modulo 2^32, as
@@ -160,15 +249,21 @@ pub struct ReferenceMap {
     page_log: u8,
     moves: Vec<u32>,
     old_size: u64,
+    absolute: Option<Absolute>,
 }
 
 impl ReferenceMap {
-    pub fn new(page_log: u8, moves: Vec<u32>, old_size: u64) -> Self {
+    pub fn new(page_log: u8, moves: Vec<u32>, old_size: u64, absolute: Option<Absolute>) -> Self {
         Self {
             page_log,
             moves,
             old_size,
+            absolute,
         }
+    }
+
+    pub fn absolute(&self) -> Option<Absolute> {
+        self.absolute
     }
 
     pub fn page_log(&self) -> u8 {
@@ -200,15 +295,22 @@ impl ReferenceMap {
     /// `old_pos` to new offset `new_pos`) to point where the map says their
     /// targets went.
     pub fn predict(&self, code: &mut [u8], old_pos: u64, new_pos: u64) {
-        let mut scan = FieldScan::new();
-        while let Some((field, end)) = scan.next(code) {
-            let target = old_target(code, field, end, old_pos);
-            if let Some(moved) = self.move_of(target) {
-                let operand = (target as u64)
+        let mut scan = FieldScan::new(self.absolute);
+        while let Some(field) = scan.next(code) {
+            let target = old_target(code, field, old_pos, self.absolute);
+            let Some(moved) = self.move_of(target) else {
+                continue;
+            };
+            let operand = match self.absolute {
+                // The value moves with its target.
+                Some(a) if field.absolute => {
+                    (target as u32).wrapping_add(a.first).wrapping_add(moved)
+                }
+                _ => (target as u64)
                     .wrapping_add(u64::from(moved))
-                    .wrapping_sub(new_pos + end as u64) as u32;
-                code[field..field + FIELD].copy_from_slice(&operand.to_le_bytes());
-            }
+                    .wrapping_sub(new_pos + field.end as u64) as u32,
+            };
+            code[field.at..field.end].copy_from_slice(&operand.to_le_bytes());
         }
     }
 
@@ -231,6 +333,7 @@ pub struct MovesReader {
     page_log: u8,
     pages: usize,
     old_size: u64,
+    absolute: Option<Absolute>,
     moves: Vec<u32>,
     previous: u32,
     /// The bytes of a varint not yet ended.
@@ -238,7 +341,9 @@ pub struct MovesReader {
 }
 
 impl MovesReader {
-    pub fn new(page_log: u8, pages: u64, old_size: u64) -> Result<Self> {
+    /// `absolute_first`: the address of old offset 0 when the map moves
+    /// absolute references too, else 0.
+    pub fn new(page_log: u8, pages: u64, old_size: u64, absolute_first: u64) -> Result<Self> {
         if !(MIN_PAGE_LOG..=MAX_PAGE_LOG).contains(&page_log) {
             return Err(corrupt(format!(
                 "its reference map's page size 2^{page_log} is out of range"
@@ -250,10 +355,19 @@ impl MovesReader {
                  of {old_size} bytes"
             )));
         }
+        let absolute = match absolute_first {
+            0 => None,
+            first => Some(Absolute::new(first, old_size).ok_or_else(|| {
+                corrupt(format!(
+                    "its reference map's absolute address {first:#x} is not a 32-bit address"
+                ))
+            })?),
+        };
         Ok(Self {
             page_log,
             pages: pages as usize,
             old_size,
+            absolute,
             moves: Vec::with_capacity(pages as usize),
             previous: 0,
             pending: Vec::with_capacity(10),
@@ -289,7 +403,12 @@ impl MovesReader {
                 self.pages
             )));
         }
-        Ok(ReferenceMap::new(self.page_log, self.moves, self.old_size))
+        Ok(ReferenceMap::new(
+            self.page_log,
+            self.moves,
+            self.old_size,
+            self.absolute,
+        ))
     }
 }
 
@@ -311,12 +430,29 @@ mod tests {
             0x0F, 0x85, 8, 0, 0, 0, //
             0xB8, 1, 2, 3, 4,
         ];
-        let mut fields = Vec::new();
-        let mut scan = FieldScan::new();
-        while let Some(found) = scan.next(&code) {
-            fields.push(found);
-        }
-        assert_eq!(fields, [(1, 5), (8, 12), (14, 18)]);
+        let spans = |absolute| {
+            let mut scan = FieldScan::new(absolute);
+            let mut spans = Vec::new();
+            while let Some(f) = scan.next(&code) {
+                spans.push((f.at, f.end, f.absolute));
+            }
+            spans
+        };
+        assert_eq!(
+            spans(None),
+            [(1, 5, false), (8, 12, false), (14, 18, false)]
+        );
+        // With addresses 0x04030201.. absolute, the MOV's immediate is one.
+        let absolute = Absolute::new(0x0403_0201, 16);
+        assert_eq!(
+            spans(absolute),
+            [
+                (1, 5, false),
+                (8, 12, false),
+                (14, 18, false),
+                (19, 23, true)
+            ]
+        );
     }
 
     /// Kinds of reference field, as bits.
@@ -354,47 +490,56 @@ mod tests {
     }
 
     /// The scan's definition, one position at a time.
-    fn fields_one_by_one(code: &[u8]) -> Vec<(usize, usize)> {
+    fn fields_one_by_one(code: &[u8], absolute: Option<Absolute>) -> Vec<Field> {
         let mut fields = Vec::new();
-        let Some(last) = code.len().checked_sub(1 + FIELD) else {
-            return fields;
-        };
         let mut at = 0;
-        while at <= last {
-            match kind(code[at], code[at + 1]) {
-                CALL => {
-                    fields.push((at + 1, at + 1 + FIELD));
-                    at += 1 + FIELD;
-                }
-                k if k != 0 && at < last => {
-                    fields.push((at + 2, at + 2 + FIELD));
-                    at += 2 + FIELD;
-                }
-                _ => at += 1,
+        let field = |at, end, absolute| Field { at, end, absolute };
+        while at + FIELD <= code.len() {
+            let relative = match code.get(at + 1) {
+                Some(&b) if at + 1 + FIELD <= code.len() => kind(code[at], b),
+                _ => 0,
+            };
+            let value = u32::from_le_bytes(code[at..at + 4].try_into().unwrap());
+            if relative == CALL {
+                fields.push(field(at + 1, at + 1 + FIELD, false));
+            } else if relative != 0 && at + 2 + FIELD <= code.len() {
+                fields.push(field(at + 2, at + 2 + FIELD, false));
+            } else if absolute.is_some_and(|a| value.wrapping_sub(a.first) < a.len) {
+                fields.push(field(at, at + FIELD, true));
+            } else {
+                at += 1;
+                continue;
             }
+            at = fields[fields.len() - 1].end;
         }
         fields
     }
 
     proptest::proptest! {
         /// Bytes drawn mostly from opcodes and ModRM bytes that begin
-        /// references, so fields crowd, straddle windows and end near the tail.
+        /// references and bytes of absolute addresses (0x0D0C0000 up, with
+        /// or without absolute references), so fields crowd, straddle
+        /// windows and end near the tail.
         #[test]
         fn the_window_scan_finds_what_the_definition_does(
             code in proptest::collection::vec(
                 proptest::prop_oneof![
-                    proptest::sample::select(vec![0xE8u8, 0xE9, 0x0F, 0x85, 0x8B, 0x05, 0x8D, 0x3D]),
+                    proptest::sample::select(vec![
+                        0xE8u8, 0xE9, 0x0F, 0x85, 0x8B, 0x05, 0x8D, 0x3D, 0x0C, 0x0D
+                    ]),
                     proptest::num::u8::ANY,
                 ],
                 0..200,
-            )
+            ),
+            with_absolute: bool,
         ) {
-            let mut scan = FieldScan::new();
+            let absolute = Absolute::new(0x0D0C_0000, 0x10000).filter(|_| with_absolute);
+            let mut scan = FieldScan::new(absolute);
             let mut found = Vec::new();
             while let Some(f) = scan.next(&code) {
                 found.push(f);
             }
-            proptest::prop_assert_eq!(found, fields_one_by_one(&code));
+            proptest::prop_assert_eq!(found, fields_one_by_one(&code, absolute));
         }
     }
 
@@ -403,7 +548,7 @@ mod tests {
         // Old: CALL at old offset 100 to target 200 (rel = 200 - 105 = 95).
         // Targets in page 200 >> 6 = 3 moved up by 40; the code by 10.
         let mut code = [0xE8, 95, 0, 0, 0];
-        let map = ReferenceMap::new(6, vec![0, 0, 0, 40], 1000);
+        let map = ReferenceMap::new(6, vec![0, 0, 0, 40], 1000, None);
         map.predict(&mut code, 100, 110);
         // New: 240 - 115 = 125.
         assert_eq!(code, [0xE8, 125, 0, 0, 0]);
@@ -414,22 +559,42 @@ mod tests {
     }
 
     #[test]
+    fn an_absolute_address_moves_with_its_target() {
+        // Old offset 0 at address 0x400000: MOV ebx, 0x4000C8 (offset 200,
+        // page 3, which moved up by 40) becomes MOV ebx, 0x4000F0 wherever
+        // the code went; an address past the old image is left alone.
+        let absolute = Absolute::new(0x40_0000, 1000);
+        let map = ReferenceMap::new(6, vec![0, 0, 0, 40], 1000, absolute);
+        let mut code = [0xBB, 0xC8, 0, 0x40, 0, 0xBB, 0xE8, 0x03, 0x40, 0];
+        map.predict(&mut code, 100, 7000);
+        assert_eq!(code, [0xBB, 0xF0, 0, 0x40, 0, 0xBB, 0xE8, 0x03, 0x40, 0]);
+        // Addresses start at 1 and end at 2^32.
+        assert_eq!(Absolute::new(0, 1000), None);
+        assert_eq!(Absolute::new(1 << 32, 1000), None);
+        assert_eq!(
+            Absolute::new(u64::from(u32::MAX), 1000).map(|a| a.len),
+            Some(1)
+        );
+    }
+
+    #[test]
     fn moves_round_trip_through_their_varints_in_any_pieces() {
         let moves = vec![0, 5, u32::MAX, 7, 0x8000_0000, 3];
-        let map = ReferenceMap::new(10, moves.clone(), 6 << 10);
+        let map = ReferenceMap::new(10, moves.clone(), 6 << 10, Absolute::new(0x1000, 6 << 10));
         let bytes = map.encode_moves();
         for cut in 0..=bytes.len() {
-            let mut reader = MovesReader::new(10, 6, 6 << 10).unwrap();
+            let mut reader = MovesReader::new(10, 6, 6 << 10, 0x1000).unwrap();
             reader.take(&bytes[..cut]).unwrap();
             reader.take(&bytes[cut..]).unwrap();
             assert_eq!(reader.finish().unwrap(), map);
         }
-        let mut short = MovesReader::new(10, 6, 6 << 10).unwrap();
+        let mut short = MovesReader::new(10, 6, 6 << 10, 0x1000).unwrap();
         short.take(&bytes[..bytes.len() - 1]).unwrap();
         assert!(short.finish().is_err());
-        let mut long = MovesReader::new(10, 5, 6 << 10).unwrap();
+        let mut long = MovesReader::new(10, 5, 6 << 10, 0x1000).unwrap();
         assert!(long.take(&bytes).is_err());
-        assert!(MovesReader::new(10, 7, 6 << 10).is_err());
-        assert!(MovesReader::new(5, 1, 6 << 10).is_err());
+        assert!(MovesReader::new(10, 7, 6 << 10, 0).is_err());
+        assert!(MovesReader::new(5, 1, 6 << 10, 0).is_err());
+        assert!(MovesReader::new(10, 6, 6 << 10, 1 << 32).is_err());
     }
 }
