@@ -399,6 +399,25 @@ fn reference_maps_move_absolute_addresses_in_position_dependent_executables() {
 }
 
 #[test]
+fn version_4_reference_maps_are_read() {
+    let old = x86_program(120, &[], 8);
+    let new = x86_program(120, &[7, 60], 8);
+    let v5 = diff(&old, &new, &mapped(Compression::Zstd)).unwrap();
+    let mut header = Header::decode(&v5).unwrap();
+    let body = &v5[header.encoded_len()..];
+    // Version 4's map head lacks version 5's absolute address (0 here).
+    assert_eq!(body[1], 0);
+    let (comp_len, n) = get_varint(&body[2..]).unwrap().unwrap();
+    let map_end = 2 + n + comp_len as usize + 4;
+    let mut map = [&body[..1], &body[2..map_end - 4]].concat();
+    map.extend_from_slice(&crc32fast::hash(&map).to_le_bytes());
+    header.version = 4;
+    header.body_size -= 1;
+    let v4 = [header.encode(), map, body[map_end..].to_vec()].concat();
+    assert_eq!(apply_chunked(&old, &v4, 97).unwrap(), new);
+}
+
+#[test]
 fn a_damaged_reference_map_is_refused() {
     let old = x86_program(120, &[], 8);
     let new = x86_program(120, &[7, 60], 8);
