@@ -267,6 +267,30 @@ fn x86_program(funcs: usize, grown: &[usize], seed: u64) -> Vec<u8> {
     out
 }
 
+/// `with` (a patch with a reference map) applies in pieces of any size and
+/// is under 0.8 times `without`.
+fn assert_applies_and_shrinks(
+    old: &[u8],
+    new: &[u8],
+    with: &[u8],
+    without: &[u8],
+    compression: Compression,
+) {
+    for chunk in [1, 97, with.len()] {
+        assert_eq!(
+            apply_chunked(old, with, chunk).unwrap(),
+            new,
+            "{compression:?}"
+        );
+    }
+    assert!(
+        with.len() * 10 < without.len() * 8,
+        "{compression:?}: {} against {}",
+        with.len(),
+        without.len()
+    );
+}
+
 fn mapped(compression: Compression) -> DiffOptions {
     DiffOptions {
         references: Some(true),
@@ -291,20 +315,8 @@ fn reference_maps_predict_moved_calls_and_round_trip() {
             (5, 3)
         );
         assert!(header.reference_pages > 0);
-        for chunk in [1, 97, with.len()] {
-            assert_eq!(
-                apply_chunked(&old, &with, chunk).unwrap(),
-                new,
-                "{compression:?}"
-            );
-        }
         // Most calls moved with their targets' pages: far fewer differences.
-        assert!(
-            with.len() * 10 < without.len() * 8,
-            "{compression:?}: {} against {}",
-            with.len(),
-            without.len()
-        );
+        assert_applies_and_shrinks(&old, &new, &with, &without, compression);
     }
     resume_from_any_checkpoint_gives_identical_output_with(&old, &new, &mapped(Compression::Zstd));
     let split = DiffOptions {
@@ -375,25 +387,13 @@ fn reference_maps_move_absolute_addresses_in_position_dependent_executables() {
     for compression in [Compression::Zstd, Compression::Lzma2] {
         let with = diff(&old, &new, &mapped(compression)).unwrap();
         assert_eq!(Header::decode(&with).unwrap().version, 5);
-        for chunk in [1, 97, with.len()] {
-            assert_eq!(
-                apply_chunked(&old, &with, chunk).unwrap(),
-                new,
-                "{compression:?}"
-            );
-        }
         let without = diff(&unplaced(&old), &unplaced(&new), &mapped(compression)).unwrap();
         assert_eq!(
             apply_chunked(&unplaced(&old), &without, without.len()).unwrap(),
             unplaced(&new)
         );
         // Addresses moved with their targets' pages: far fewer differences.
-        assert!(
-            with.len() * 10 < without.len() * 8,
-            "{compression:?}: {} against {}",
-            with.len(),
-            without.len()
-        );
+        assert_applies_and_shrinks(&old, &new, &with, &without, compression);
     }
     resume_from_any_checkpoint_gives_identical_output_with(&old, &new, &mapped(Compression::Zstd));
 }

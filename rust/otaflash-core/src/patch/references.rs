@@ -81,6 +81,18 @@ impl Absolute {
         let len = old_size.min((1 << 32) - u64::from(first)) as u32;
         Some(Self { first, len })
     }
+
+    /// Whether `value` is an address of the old image.
+    #[inline(always)]
+    fn holds(self, value: u32) -> bool {
+        value.wrapping_sub(self.first) < self.len
+    }
+}
+
+/// The 32-bit little-endian value at `at`.
+#[inline(always)]
+fn value_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
 /// A reference field found by [`FieldScan`]: its four operand bytes at
@@ -101,8 +113,7 @@ const WINDOW: usize = LANES + FIELD - 1;
 #[inline(always)]
 fn absolute_mask(w: &[u8; WINDOW], absolute: Absolute) -> u32 {
     (0..LANES).fold(0, |mask, j| {
-        let v = u32::from_le_bytes([w[j], w[j + 1], w[j + 2], w[j + 3]]);
-        mask | u32::from(v.wrapping_sub(absolute.first) < absolute.len) << j
+        mask | u32::from(absolute.holds(value_at(w, j))) << j
     })
 }
 
@@ -184,34 +195,29 @@ impl FieldScan {
                 self.starts = 0;
                 return None;
             }
-            let relative = (self.relative >> bit & 1 == 1)
-                .then_some(())
-                .and(last_relative)
-                .filter(|&l| at <= l)
-                // The opcode again, rather than a second mask: the same
-                // answer for one load.
-                .and_then(|l| match is_call(code[at]) {
-                    true => Some(at + 1),
-                    false => (at < l).then_some(at + 2),
-                });
+            // The operand of a relative field here. The opcode again tells
+            // CALL/JMP: a second mask would cost as much as the first.
+            let relative = match last_relative {
+                Some(l) if self.relative >> bit & 1 == 1 && at <= l => {
+                    if is_call(code[at]) {
+                        Some(at + 1)
+                    } else {
+                        (at < l).then_some(at + 2)
+                    }
+                }
+                _ => None,
+            };
             let field = match relative {
                 Some(operand) => Field {
                     at: operand,
                     end: operand + FIELD,
                     absolute: false,
                 },
-                None if self.absolute.is_some_and(|a| {
-                    let v =
-                        u32::from_le_bytes([code[at], code[at + 1], code[at + 2], code[at + 3]]);
-                    v.wrapping_sub(a.first) < a.len
-                }) =>
-                {
-                    Field {
-                        at,
-                        end: at + FIELD,
-                        absolute: true,
-                    }
-                }
+                None if self.absolute.is_some_and(|a| a.holds(value_at(code, at))) => Field {
+                    at,
+                    end: at + FIELD,
+                    absolute: true,
+                },
                 None => continue,
             };
             self.resume = field.end;
@@ -230,12 +236,7 @@ impl FieldScan {
 /// The old-image offset a field of old bytes `code`, copied from old offset
 /// `old_pos`, refers to.
 pub fn old_target(code: &[u8], field: Field, old_pos: u64, absolute: Option<Absolute>) -> i64 {
-    let operand = u32::from_le_bytes([
-        code[field.at],
-        code[field.at + 1],
-        code[field.at + 2],
-        code[field.at + 3],
-    ]);
+    let operand = value_at(code, field.at);
     match absolute {
         Some(a) if field.absolute => i64::from(operand.wrapping_sub(a.first)),
         _ => old_pos as i64 + field.end as i64 + i64::from(operand as i32),
