@@ -231,31 +231,37 @@ fn x86_literals_round_trip_and_shrink_new_code() {
     }
 }
 
-/// An x86-64-like program of `funcs` functions calling each other every 24
-/// bytes; the functions in `grown` end with 64 bytes of new code, so later
-/// functions move and calls between them change.
-fn x86_program(funcs: usize, grown: &[usize], seed: u64) -> Vec<u8> {
+/// A program of `funcs` functions after `head`, each referring to another
+/// every 24 bytes by the 5 bytes `reference(end, callee)` makes (`end`:
+/// offset after them, `callee`: the function's offset); the functions in
+/// `grown` end with 64 bytes of new code, so later functions move and
+/// references to them change. Returns the image and the functions' offsets.
+fn program(
+    head: Vec<u8>,
+    funcs: usize,
+    grown: &[usize],
+    seed: u64,
+    reference: impl Fn(usize, usize) -> [u8; 5],
+) -> (Vec<u8>, Vec<usize>) {
     let sizes: Vec<usize> = noise(funcs, seed)
         .iter()
         .map(|b| 200 + usize::from(*b) * 2)
         .collect();
     let growth = |f: usize| if grown.contains(&f) { 64 } else { 0 };
     let mut starts = Vec::with_capacity(funcs);
-    let mut at = 0;
+    let mut at = head.len();
     for (f, size) in sizes.iter().enumerate() {
         starts.push(at);
         at += size + growth(f);
     }
-    let mut out = Vec::with_capacity(at);
+    let mut out = head;
     for (f, &size) in sizes.iter().enumerate() {
         let body = noise(size, seed + 1 + f as u64);
         let mut i = 0;
         while i < size {
             if i % 24 == 0 && i + 5 <= size {
                 let callee = usize::from(body[i]) * 7 % funcs;
-                let rel = (starts[callee] as i64 - (out.len() + 5) as i64) as i32;
-                out.push(0xE8);
-                out.extend_from_slice(&rel.to_le_bytes());
+                out.extend_from_slice(&reference(out.len() + 5, starts[callee]));
                 i += 5;
             } else {
                 out.push(body[i]);
@@ -264,7 +270,18 @@ fn x86_program(funcs: usize, grown: &[usize], seed: u64) -> Vec<u8> {
         }
         out.extend_from_slice(&noise(growth(f), seed + 5000 + f as u64));
     }
-    out
+    (out, starts)
+}
+
+/// An x86-64-like program of functions calling each other (CALL rel32).
+fn x86_program(funcs: usize, grown: &[usize], seed: u64) -> Vec<u8> {
+    let call = |end: usize, callee: usize| {
+        let rel = (callee as i64 - end as i64) as i32;
+        let mut bytes = [0xE8; 5];
+        bytes[1..].copy_from_slice(&rel.to_le_bytes());
+        bytes
+    };
+    program(Vec::new(), funcs, grown, seed, call).0
 }
 
 /// `with` (a patch with a reference map) applies in pieces of any size and
@@ -331,8 +348,7 @@ fn reference_maps_predict_moved_calls_and_round_trip() {
 
 /// A position-dependent x86-64 executable (ELF, ET_EXEC, loaded at
 /// 0x400000): functions that load the addresses of others (MOV ebx, imm32)
-/// and a table of their addresses at the end; `grown` functions are longer
-/// in the new one, so addresses after them move.
+/// and a table of their addresses at the end.
 fn exec_program(funcs: usize, grown: &[usize], seed: u64) -> Vec<u8> {
     const BASE: u64 = 0x40_0000;
     let mut elf = vec![0u8; 64 + 56];
@@ -344,36 +360,15 @@ fn exec_program(funcs: usize, grown: &[usize], seed: u64) -> Vec<u8> {
     elf[56..58].copy_from_slice(&1u16.to_le_bytes());
     elf[64..68].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD at offset 0
     elf[80..88].copy_from_slice(&BASE.to_le_bytes());
-    let sizes: Vec<usize> = noise(funcs, seed)
-        .iter()
-        .map(|b| 200 + usize::from(*b) * 2)
-        .collect();
-    let growth = |f: usize| if grown.contains(&f) { 64 } else { 0 };
-    let mut starts = Vec::with_capacity(funcs);
-    let mut at = elf.len();
-    for (f, size) in sizes.iter().enumerate() {
-        starts.push(BASE as u32 + at as u32);
-        at += size + growth(f);
-    }
-    let mut out = elf;
-    for (f, &size) in sizes.iter().enumerate() {
-        let body = noise(size, seed + 1 + f as u64);
-        let mut i = 0;
-        while i < size {
-            if i % 24 == 0 && i + 5 <= size {
-                out.push(0xBB);
-                let callee = usize::from(body[i]) * 7 % funcs;
-                out.extend_from_slice(&starts[callee].to_le_bytes());
-                i += 5;
-            } else {
-                out.push(body[i]);
-                i += 1;
-            }
-        }
-        out.extend_from_slice(&noise(growth(f), seed + 5000 + f as u64));
-    }
+    let address = |offset: usize| BASE + offset as u64;
+    let load = |_, callee: usize| {
+        let mut bytes = [0xBB; 5];
+        bytes[1..].copy_from_slice(&(address(callee) as u32).to_le_bytes());
+        bytes
+    };
+    let (mut out, starts) = program(elf, funcs, grown, seed, load);
     for start in starts {
-        out.extend_from_slice(&u64::from(start).to_le_bytes());
+        out.extend_from_slice(&address(start).to_le_bytes());
     }
     out
 }

@@ -299,7 +299,7 @@ impl Checkpoint {
                 };
                 let moves = rest
                     .get(8..)
-                    .filter(|m| rest.len() >= 8 && m.len() == le_u32(rest, 4) as usize);
+                    .filter(|m| m.len() == le_u32(rest, 4) as usize);
                 let moves = moves.ok_or_else(|| bad("its reference map has the wrong length"))?;
                 let mut reader = MovesReader::new(
                     *page_log,

@@ -327,7 +327,8 @@ impl Codec {
 }
 
 /// The reference map (docs/patch-format.md section 3.2) as it arrives:
-/// `page_log:u8 comp_len:varint payload crc:u32`.
+/// `page_log:u8 [first:varint] comp_len:varint payload crc:u32` (first in
+/// version 5).
 struct MapReading {
     head: Vec<u8>,
     comp_left: Option<u64>,
