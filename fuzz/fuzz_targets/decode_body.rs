@@ -44,17 +44,32 @@ fuzz_target!(|data: &[u8]| {
     let new_size = u64::from(input.u16() % 8192);
     let per_frame = u64::from(block_size) * u64::from(1 + (flags >> 3 & 3));
     let mut body = Vec::new();
-    // Versions 4 and 5: a reference map (page log, in 5 the absolute
-    // address of old offset 0, payload length, payload, CRC) leads the
-    // body; its payload is fuzzer bytes, raw or for the codec.
+    // Versions 4 to 6: a reference map (page log, in 6 the rules byte, in
+    // 5 and 6 the absolute address of old offset 0, payload length,
+    // payload, CRC) leads the body; its payload is fuzzer bytes, raw or for
+    // the codec. Rules 0 and 3 are refused; the others scan differently.
+    let version = match (layout & 64, layout & 32, layout & 128) {
+        (0, 0, _) => 3,
+        (0, _, _) => 2,
+        (_, 0, _) => 4,
+        (_, _, 0) => 5,
+        _ => 6,
+    };
     let reference_pages = if layout & 64 != 0 {
         let pages = 1 + u32::from(input.u8()) % 47;
         let page_log = 6 + input.u8() % 2;
         let len = usize::from(input.u8());
-        let absolute_first = u64::from(input.u16()) << 8;
+        let rules = input.u8() % 8;
+        let absolute_first = match (version, rules & 4) {
+            (6, 0) => 0,
+            _ => u64::from(input.u16()) << 8,
+        };
         let payload = input.bytes(len).to_vec();
         body.push(page_log);
-        if layout & 32 != 0 {
+        if version >= 6 {
+            body.push(rules);
+        }
+        if version >= 5 {
             otaflash_core::patch::format::put_varint(&mut body, absolute_first);
         }
         otaflash_core::patch::format::put_varint(&mut body, payload.len() as u64);
@@ -87,14 +102,9 @@ fuzz_target!(|data: &[u8]| {
         left -= out_len;
     }
     let header = Header {
-        // All versions: 2 numbers its sparse modes differently, 4 and 5
+        // All versions: 2 numbers its sparse modes differently, 4 to 6
         // have the map.
-        version: match (layout & 64, layout & 32) {
-            (0, 0) => 3,
-            (0, _) => 2,
-            (_, 0) => 4,
-            _ => 5,
-        },
+        version,
         kind: Kind::Sequential,
         compression,
         block_size,

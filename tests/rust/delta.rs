@@ -393,6 +393,65 @@ fn reference_maps_move_absolute_addresses_in_position_dependent_executables() {
     resume_from_any_checkpoint_gives_identical_output_with(&old, &new, &mapped(Compression::Zstd));
 }
 
+/// The load address of [`thumb_firmware`].
+const THUMB_BASE: u32 = 0x2_3000;
+
+/// A Cortex-M firmware image loaded at THUMB_BASE: a vector table, then
+/// functions as [`program`] makes them, whose references are BL
+/// instructions and, at word-aligned places, literal-pool addresses of
+/// the callee (Thumb: odd).
+fn thumb_firmware(funcs: usize, grown: &[usize], seed: u64) -> Vec<u8> {
+    let mut table = vec![0u8; 64];
+    table[..4].copy_from_slice(&0x2001_0000u32.to_le_bytes());
+    for vector in table[4..].chunks_mut(4) {
+        vector.copy_from_slice(&((THUMB_BASE + 64) | 1).to_le_bytes());
+    }
+    let reference = |end: usize, callee: usize| {
+        let at = end - 5;
+        // (The fifth byte, as in 16-bit Thumb instructions' high bytes.)
+        let mut bytes = [0x46; 5];
+        let value = if at.is_multiple_of(4) && callee % 8 < 4 {
+            (THUMB_BASE + callee as u32) | 1
+        } else {
+            // BL: S:I1:I2:imm10:imm11:0 from the instruction's end.
+            let imm = (callee as i64 - (at as i64 + 4)) as u32;
+            let s = imm >> 24 & 1;
+            let j1 = (!(imm >> 23) ^ s) & 1;
+            let j2 = (!(imm >> 22) ^ s) & 1;
+            let first = 0xF000 | s << 10 | imm >> 12 & 0x3FF;
+            let second = 0xD000 | j1 << 13 | j2 << 11 | imm >> 1 & 0x7FF;
+            second << 16 | first
+        };
+        bytes[..4].copy_from_slice(&value.to_le_bytes());
+        bytes
+    };
+    program(table, funcs, grown, seed, reference).0
+}
+
+#[test]
+fn cortex_m_firmware_gets_a_thumb_map_at_its_load_address() {
+    let old = thumb_firmware(400, &[], 21);
+    let new = thumb_firmware(400, &[3, 50, 120, 200, 333], 21);
+    for compression in [Compression::Zstd, Compression::Lzma2] {
+        // By default the maker tries maps and keeps the smallest patch.
+        let with = diff(&old, &new, &DiffOptions::with_compression(compression)).unwrap();
+        let header = Header::decode(&with).unwrap();
+        assert!(header.version == 6 && header.reference_pages > 0);
+        // Thumb and absolute rules, addresses from the reset handler's 4 KiB.
+        let (_, rules, first, _) = map_section(&with);
+        assert_eq!((rules, first), (Some(6), u64::from(THUMB_BASE)));
+        let plain = DiffOptions {
+            references: Some(false),
+            ..DiffOptions::with_compression(compression)
+        };
+        let without = diff(&old, &new, &plain).unwrap();
+        assert_eq!(Header::decode(&without).unwrap().version, 3);
+        assert_applies_and_shrinks(&old, &new, &with, &without, compression);
+    }
+    let zstd = DiffOptions::with_compression(Compression::Zstd);
+    resume_from_any_checkpoint_gives_identical_output_with(&old, &new, &zstd);
+}
+
 #[test]
 fn version_4_reference_maps_are_read() {
     let old = x86_program(120, &[], 8);
@@ -412,24 +471,41 @@ fn version_4_reference_maps_are_read() {
     assert_eq!(apply_chunked(&old, &v4, 97).unwrap(), new);
 }
 
+/// Where a patch's reference map section begins, its rules byte (version
+/// 6), its `first`, and where the section ends.
+fn map_section(patch: &[u8]) -> (usize, Option<u8>, u64, usize) {
+    let header = Header::decode(patch).unwrap();
+    let start = header.encoded_len();
+    let mut at = start + 1;
+    let rules = (header.version >= 6).then(|| {
+        at += 1;
+        patch[at - 1]
+    });
+    let (first, n) = get_varint(&patch[at..]).unwrap().unwrap();
+    let (comp_len, m) = get_varint(&patch[at + n..]).unwrap().unwrap();
+    (start, rules, first, at + n + m + comp_len as usize + 4)
+}
+
+/// Every truncation, and every bit flip in the header and the map section.
+fn assert_damaged_maps_are_refused(old: &[u8], new: &[u8], opts: &DiffOptions) {
+    every_truncation_is_an_error_for(old, new, opts);
+    let patch = diff(old, new, opts).unwrap();
+    let (_, _, _, end) = map_section(&patch);
+    for bit in 0..end * 8 {
+        let mut bad = patch.clone();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        assert!(apply_chunked(old, &bad, 64).is_err(), "bit {bit}");
+    }
+}
+
 #[test]
 fn a_damaged_reference_map_is_refused() {
     let old = x86_program(120, &[], 8);
     let new = x86_program(120, &[7, 60], 8);
-    let opts = mapped(Compression::Zstd);
-    every_truncation_is_an_error_for(&old, &new, &opts);
-    let patch = diff(&old, &new, &opts).unwrap();
-    let header = Header::decode(&patch).unwrap();
-    // Every bit of the header and of the map section (page log, length,
-    // payload, CRC), which ends where the first frame begins.
-    let start = header.encoded_len();
-    let (_, len) = get_varint(&patch[start + 1..]).unwrap().unwrap();
-    let end = start + 1 + len + get_varint(&patch[start + 1..]).unwrap().unwrap().0 as usize + 4;
-    for bit in 0..end * 8 {
-        let mut bad = patch.clone();
-        bad[bit / 8] ^= 1 << (bit % 8);
-        assert!(apply_chunked(&old, &bad, 64).is_err(), "bit {bit}");
-    }
+    assert_damaged_maps_are_refused(&old, &new, &mapped(Compression::Zstd));
+    let old = thumb_firmware(60, &[], 8);
+    let new = thumb_firmware(60, &[7, 40], 8);
+    assert_damaged_maps_are_refused(&old, &new, &mapped(Compression::Zstd));
     // In place, there is no map.
     let in_place = DiffOptions {
         references: Some(true),

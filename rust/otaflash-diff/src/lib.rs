@@ -23,7 +23,7 @@ use otaflash_core::patch::branches;
 use otaflash_core::patch::format::{
     self, Compression, DiffMode, FrameHeader, Header, Kind, RECORD_DENSITY,
 };
-use otaflash_core::patch::references::{self, ReferenceMap};
+use otaflash_core::patch::references::{self, ReferenceMap, Rules};
 use otaflash_core::progress::{NoProgress, Operation, Progress, ProgressEvent};
 use otaflash_core::{Error, Result};
 use sha2::{Digest as _, Sha256};
@@ -66,8 +66,10 @@ pub struct DiffOptions {
     /// than record columns.
     pub record_columns: bool,
     /// Carry a reference map (docs/patch-format.md section 3.2) so the
-    /// applier predicts x86-64 references in copied code; `None`: large
-    /// sequential images that look like x86 code do (ruff −15 %).
+    /// applier predicts references in copied code: x86-64 ones in images
+    /// that look like x86 code, else Thumb-2 ones (Cortex-M firmware).
+    /// `None`: large sequential x86 images do (ruff −15 %), and small
+    /// sequential others try with and without (nrf52 −45 %).
     pub references: Option<bool>,
 }
 
@@ -280,14 +282,7 @@ pub fn diff_with(
         && opts
             .split_streams
             .unwrap_or(!small && opts.kind == Kind::Sequential);
-    let references = opts
-        .references
-        .unwrap_or(!small && opts.kind == Kind::Sequential && looks_like_x86(new));
-    if references && opts.kind == Kind::InPlace {
-        return Err(Error::InvalidArgument(
-            "in-place patches carry no reference map".into(),
-        ));
-    }
+    let map_rules = map_candidates(old, new, opts, small)?;
     let opts = &DiffOptions {
         split_streams: Some(split),
         ..opts.clone()
@@ -309,19 +304,17 @@ pub fn diff_with(
     let mut records_by_threshold =
         matcher::find_records(&sa, old, new, threads, thresholds, &monitor, progress)?;
     let mut built = Vec::new();
-    let mut maps = Vec::new();
     for (t, records) in records_by_threshold.iter_mut().enumerate() {
         if opts.kind == Kind::InPlace {
             *records = matcher::restrict_in_place(records, opts.block_size, shift);
         }
-        let map = references.then(|| reference_map(old, new, records));
-        built.push((
-            t,
-            build_frames(old, new, records, opts, diffs, x86, map.as_ref())?,
-        ));
-        maps.push(map);
+        for rules in &map_rules {
+            let map = rules.map(|rules| reference_map(old, new, records, rules));
+            let frames = build_frames(old, new, records, opts, diffs, x86, map.as_ref())?;
+            built.push((t, map, frames));
+        }
     }
-    let all_frames: Vec<&Frame> = built.iter().flat_map(|(_, f)| f).collect();
+    let all_frames: Vec<&Frame> = built.iter().flat_map(|(_, _, f)| f).collect();
     let mut payloads = compress_frames(
         &all_frames,
         opts,
@@ -335,18 +328,15 @@ pub fn diff_with(
     let mut best: Option<Candidate> = None;
     // The records of the best candidate, for the x86 trial.
     let mut best_records = 0;
-    for (records, frames) in built {
+    for (records, map, frames) in built {
         let compressed = payloads.by_ref().take(frames.len()).collect();
-        let candidate = Candidate {
-            frames,
-            compressed,
-            x86,
-        };
+        let candidate = Candidate::new(frames, compressed, x86, map, opts)?;
         if candidate.replaces(&mut best) {
             best_records = records;
         }
     }
     if try_x86 {
+        let map = best.as_ref().and_then(|b| b.map.clone());
         let frames = build_frames(
             old,
             new,
@@ -354,7 +344,7 @@ pub fn diff_with(
             opts,
             diffs,
             true,
-            maps[best_records].as_ref(),
+            map.as_ref(),
         )?;
         let compressed = compress_frames(
             &frames.iter().collect::<Vec<_>>(),
@@ -365,12 +355,7 @@ pub fn diff_with(
             &monitor,
             progress,
         )?;
-        Candidate {
-            frames,
-            compressed,
-            x86: true,
-        }
-        .replaces(&mut best);
+        Candidate::new(frames, compressed, true, map, opts)?.replaces(&mut best);
     }
     if rerank && let Some(b) = best.as_mut() {
         // The winner at the requested level. Small LZMA2 images also try a
@@ -405,6 +390,8 @@ pub fn diff_with(
         frames,
         compressed,
         x86: x86_branches,
+        map,
+        map_section,
     } = best.unwrap_or_default();
     progress.report(ProgressEvent {
         operation: Operation::Patch,
@@ -412,11 +399,7 @@ pub fn diff_with(
         total: Some(monitor.total),
     })?;
 
-    let map = maps.get_mut(best_records).and_then(Option::take);
-    let mut body = Vec::new();
-    if let Some(map) = &map {
-        put_reference_map(&mut body, map, opts)?;
-    }
+    let mut body = map_section;
     for (frame, payload) in frames.iter().zip(&compressed) {
         let fh = FrameHeader {
             out_len: frame.out_len,
@@ -428,11 +411,9 @@ pub fn diff_with(
         body.extend_from_slice(payload);
     }
     let header = Header {
-        version: if map.is_some() {
-            format::VERSION
-        } else {
-            format::VERSION_WITHOUT_REFERENCES
-        },
+        version: map
+            .as_ref()
+            .map_or(format::VERSION_WITHOUT_REFERENCES, |m| m.rules().version()),
         kind: opts.kind,
         compression: opts.compression,
         block_size: opts.block_size,
@@ -616,17 +597,40 @@ enum Effort {
 const SMALL_IMAGE: usize = 2 << 20;
 
 /// A patch body being considered: its frames, their compressed payloads
-/// and the layout they were built with.
+/// and the layout they were built with, its reference map and the map's
+/// section as stored.
 #[derive(Default)]
 struct Candidate {
     frames: Vec<Frame>,
     compressed: Vec<Vec<u8>>,
     x86: bool,
+    map: Option<ReferenceMap>,
+    map_section: Vec<u8>,
 }
 
 impl Candidate {
+    fn new(
+        frames: Vec<Frame>,
+        compressed: Vec<Vec<u8>>,
+        x86: bool,
+        map: Option<ReferenceMap>,
+        opts: &DiffOptions,
+    ) -> Result<Self> {
+        let mut map_section = Vec::new();
+        if let Some(map) = &map {
+            put_reference_map(&mut map_section, map, opts)?;
+        }
+        Ok(Self {
+            frames,
+            compressed,
+            x86,
+            map,
+            map_section,
+        })
+    }
+
     fn size(&self) -> usize {
-        self.compressed.iter().map(Vec::len).sum()
+        self.map_section.len() + self.compressed.iter().map(Vec::len).sum::<usize>()
     }
 
     /// Becomes `best` if there is none yet or it is smaller; says whether it did.
@@ -830,9 +834,8 @@ fn build_frames(
 /// copies and aimed into that page made. Pages no reference aims into keep
 /// the previous page's move (free to store); the map ends at the last page
 /// aimed into.
-fn reference_map(old: &[u8], new: &[u8], records: &[Record]) -> ReferenceMap {
+fn reference_map(old: &[u8], new: &[u8], records: &[Record], rules: Rules) -> ReferenceMap {
     let page_log = ReferenceMap::page_log_for(old.len() as u64);
-    let absolute = absolute_addresses(old, new);
     // (page, move) of every reference aimed into the old image.
     let mut votes: Vec<(u32, u32)> = Vec::new();
     let mut at = 0u64;
@@ -840,23 +843,18 @@ fn reference_map(old: &[u8], new: &[u8], records: &[Record]) -> ReferenceMap {
         let (o, n, c) = (r.old as usize, at as usize, r.copy as usize);
         at += r.copy + r.extra;
         let code = &old[o..o + c];
-        let mut scan = references::FieldScan::new(absolute);
+        let mut scan = references::FieldScan::new(rules, r.old);
         while let Some(field) = scan.next(code) {
-            let target = references::old_target(code, field, r.old, absolute);
-            let Ok(target) = u64::try_from(target) else {
-                continue;
-            };
-            if target >= old.len() as u64 {
+            let target = references::old_target(code, field, r.old, rules);
+            if !(0..old.len() as i64).contains(&target) {
                 continue;
             }
-            let mut operand = [0u8; 4];
-            operand.copy_from_slice(&new[n + field.at..n + field.end]);
-            let operand = u32::from_le_bytes(operand);
-            let moved = match absolute {
-                Some(a) if field.absolute => {
-                    operand.wrapping_sub(a.first).wrapping_sub(target as u32)
-                }
-                _ => ((n + field.end) as i64 + i64::from(operand as i32) - target as i64) as u32,
+            let mut value = [0u8; 4];
+            value.copy_from_slice(&new[n + field.at..n + field.end]);
+            let value = u32::from_le_bytes(value);
+            let new_end = (n + field.end) as u64;
+            let Some(moved) = references::seen_move(field, value, new_end, target, rules) else {
+                continue;
             };
             votes.push(((target >> page_log) as u32, moved));
         }
@@ -877,7 +875,77 @@ fn reference_map(old: &[u8], new: &[u8], records: &[Record]) -> ReferenceMap {
             moves[p] = moves[p - 1];
         }
     }
-    ReferenceMap::new(page_log, moves, old.len() as u64, absolute)
+    ReferenceMap::new(page_log, moves, old.len() as u64, rules)
+}
+
+/// The reference maps to try (None: no map), per the options and what the
+/// images look like: x86 rules for x86 code, else Thumb-2 ones, without
+/// and with absolute addresses from each address the old image may be
+/// loaded at.
+fn map_candidates(
+    old: &[u8],
+    new: &[u8],
+    opts: &DiffOptions,
+    small: bool,
+) -> Result<Vec<Option<Rules>>> {
+    if opts.kind == Kind::InPlace {
+        return match opts.references {
+            Some(true) => Err(Error::InvalidArgument(
+                "in-place patches carry no reference map".into(),
+            )),
+            _ => Ok(vec![None]),
+        };
+    }
+    let x86 = match elf_machine(new) {
+        Some(machine) => machine == EM_X86_64,
+        None => looks_like_x86(new),
+    };
+    let maps: Vec<Option<Rules>> = if x86 {
+        vec![Some(Rules {
+            x86: true,
+            thumb: false,
+            absolute: absolute_addresses(old, new),
+        })]
+    } else {
+        let thumb = |absolute| {
+            Some(Rules {
+                x86: false,
+                thumb: true,
+                absolute,
+            })
+        };
+        let loaded_at = cortex_m_addresses(old, new).into_iter();
+        std::iter::once(thumb(None))
+            .chain(
+                loaded_at
+                    .filter_map(|a| references::Absolute::new(a, old.len() as u64))
+                    .map(|a| thumb(Some(a))),
+            )
+            .collect()
+    };
+    Ok(match opts.references {
+        Some(false) => vec![None],
+        Some(true) => maps,
+        None if x86 && !small => maps,
+        None if !x86 && small => std::iter::once(None).chain(maps).collect(),
+        None => vec![None],
+    })
+}
+
+/// Where a Cortex-M image whose vector table begins both images may be
+/// loaded: its reset handler's address (word 1, odd: Thumb code) rounded
+/// down to 4 KiB and to 64 KiB, and 0. None without such a table.
+fn cortex_m_addresses(old: &[u8], new: &[u8]) -> Vec<u64> {
+    let reset = |image: &[u8]| Some(u32::from_le_bytes(image.get(4..8)?.try_into().ok()?));
+    let (Some(reset), Some(new_reset)) = (reset(old), reset(new)) else {
+        return Vec::new();
+    };
+    if reset & 1 == 0 || new_reset & 1 == 0 {
+        return Vec::new();
+    }
+    let mut addresses = vec![0, u64::from(reset & !0xFFFF), u64::from(reset & !0xFFF)];
+    addresses.dedup();
+    addresses
 }
 
 /// Absolute references to look for: in a position-dependent x86-64 ELF
@@ -887,11 +955,22 @@ fn reference_map(old: &[u8], new: &[u8], records: &[Record]) -> ReferenceMap {
 /// position-independent code 32-bit values that look like addresses are
 /// mostly not.
 fn absolute_addresses(old: &[u8], new: &[u8]) -> Option<references::Absolute> {
-    let first = elf_exec_base(old)?;
+    let first = elf_exec_base(old).filter(|&f| f != 0)?;
     if elf_exec_base(new)? != first {
         return None;
     }
     references::Absolute::new(first, old.len() as u64)
+}
+
+/// ELF's machine number of x86-64.
+const EM_X86_64: u16 = 62;
+
+/// The machine a little-endian ELF image is for; None for other images.
+fn elf_machine(image: &[u8]) -> Option<u16> {
+    if image.get(..4)? != b"\x7fELF" || image.get(5) != Some(&1) {
+        return None;
+    }
+    Some(u16::from_le_bytes(image.get(18..20)?.try_into().ok()?))
 }
 
 /// The address of file offset 0 of a little-endian x86-64 ET_EXEC ELF.
@@ -899,8 +978,8 @@ fn elf_exec_base(image: &[u8]) -> Option<u64> {
     let u16_at = |at: usize| Some(u16::from_le_bytes(image.get(at..at + 2)?.try_into().ok()?));
     let u32_at = |at: usize| Some(u32::from_le_bytes(image.get(at..at + 4)?.try_into().ok()?));
     let u64_at = |at: usize| Some(u64::from_le_bytes(image.get(at..at + 8)?.try_into().ok()?));
-    // ELFCLASS64, little-endian, ET_EXEC, EM_X86_64.
-    if image.get(..6)? != b"\x7fELF\x02\x01" || u16_at(16)? != 2 || u16_at(18)? != 62 {
+    // ELFCLASS64, ET_EXEC.
+    if elf_machine(image)? != EM_X86_64 || image.get(4) != Some(&2) || u16_at(16)? != 2 {
         return None;
     }
     let (phoff, phentsize, phnum) = (u64_at(32)?, u16_at(54)?, u16_at(56)?);
@@ -932,8 +1011,12 @@ fn put_reference_map(body: &mut Vec<u8>, map: &ReferenceMap, opts: &DiffOptions)
         }
     };
     let start = body.len();
+    let rules = map.rules();
     body.push(map.page_log());
-    format::put_varint(body, map.absolute().map_or(0, |a| u64::from(a.first)));
+    if rules.version() >= 6 {
+        body.push(rules.byte());
+    }
+    format::put_varint(body, rules.absolute.map_or(0, |a| u64::from(a.first)));
     format::put_varint(body, payload.len() as u64);
     body.extend_from_slice(&payload);
     let crc = crc32fast::hash(&body[start..]);

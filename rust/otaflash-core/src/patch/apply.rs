@@ -13,7 +13,7 @@ use super::format::{
     BSDIFF_MAGIC, Header, Kind, MAX_HEADER_LEN, PREFIX_LEN, header_len, le_u32, le_u64,
 };
 use super::head_len;
-use super::references::{MovesReader, ReferenceMap};
+use super::references::{MovesReader, ReferenceMap, Rules};
 use super::vcdiff::{VCDIFF_MAGIC, VcdiffApply};
 use crate::hash::background::BackgroundSha256;
 use crate::io::{ImageSink, ReadAt};
@@ -25,9 +25,9 @@ pub const DEFAULT_READ_CACHE: usize = 256 << 10;
 /// The default ceiling on the applier's working memory.
 pub const DEFAULT_MAX_WORKING_SET: usize = 4 << 20;
 const CHECKPOINT_MAGIC: &[u8; 4] = b"OTCK";
-/// Version 3 adds the reference map, 4 its absolute address; versions 2
-/// and 3 are read too.
-const CHECKPOINT_VERSION: u16 = 4;
+/// Version 3 adds the reference map, 4 its absolute address, 5 its rules;
+/// versions 2 to 4 are read too.
+const CHECKPOINT_VERSION: u16 = 5;
 
 #[derive(Clone, Debug)]
 pub struct ApplyOptions {
@@ -250,8 +250,10 @@ impl Checkpoint {
             let moves = map.encode_moves();
             b.push(map.page_log());
             b.extend_from_slice(&(map.pages() as u32).to_le_bytes());
-            let first = map.absolute().map_or(0, |a| a.first);
+            let rules = map.rules();
+            let first = rules.absolute.map_or(0, |a| a.first);
             b.extend_from_slice(&first.to_le_bytes());
+            b.push(rules.byte());
             b.extend_from_slice(&(moves.len() as u32).to_le_bytes());
             b.extend_from_slice(&moves);
         }
@@ -292,21 +294,27 @@ impl Checkpoint {
             [] => None,
             [page_log, rest @ ..] if version >= 3 && rest.len() >= 8 => {
                 let pages = le_u32(rest, 0);
-                // Version 4 adds the absolute address of old offset 0.
-                let (first, rest) = match version {
-                    3 => (0, rest),
-                    _ => (le_u32(rest, 4), &rest[4..]),
+                let short = || bad("its reference map has the wrong length");
+                // Version 4 adds the absolute address of old offset 0, 5
+                // the rules byte.
+                let (rules, rest) = match version {
+                    3 => (Rules::x86(0, header.old_size)?, rest),
+                    4 => (
+                        Rules::x86(u64::from(le_u32(rest, 4)), header.old_size)?,
+                        &rest[4..],
+                    ),
+                    _ => {
+                        let byte = *rest.get(8).ok_or_else(short)?;
+                        let first = u64::from(le_u32(rest, 4));
+                        (Rules::decode(byte, first, header.old_size)?, &rest[5..])
+                    }
                 };
                 let moves = rest
                     .get(8..)
                     .filter(|m| m.len() == le_u32(rest, 4) as usize);
-                let moves = moves.ok_or_else(|| bad("its reference map has the wrong length"))?;
-                let mut reader = MovesReader::new(
-                    *page_log,
-                    u64::from(pages),
-                    header.old_size,
-                    u64::from(first),
-                )?;
+                let moves = moves.ok_or_else(short)?;
+                let mut reader =
+                    MovesReader::new(*page_log, u64::from(pages), header.old_size, rules)?;
                 reader.take(moves)?;
                 Some(reader.finish()?)
             }
@@ -857,7 +865,7 @@ mod tests {
     use crate::patch::references::Absolute;
 
     #[test]
-    fn checkpoints_keep_the_map_and_read_version_3_blobs() {
+    fn checkpoints_keep_the_map_and_read_version_3_and_4_blobs() {
         let old: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
         let mut new = old.clone();
         new[100] ^= 1;
@@ -865,27 +873,47 @@ mod tests {
             otaflash_diff::diff(&old, &new, &otaflash_diff::DiffOptions::default()).unwrap();
         let header = Header::decode(&patch).unwrap();
         let moves = vec![0, 40, 40];
-        for absolute in [None, Absolute::new(0x40_0000, 4096)] {
+        let thumb = Rules {
+            x86: false,
+            thumb: true,
+            absolute: Absolute::new(0, 4096),
+        };
+        for rules in [
+            Rules::x86(0, 4096).unwrap(),
+            Rules::x86(0x40_0000, 4096).unwrap(),
+            thumb,
+        ] {
             let checkpoint = Checkpoint {
                 header: header.clone(),
                 patch_offset: header.encoded_len() as u64,
                 output_offset: 0,
                 frame_index: 0,
                 new_state: sha_state(&Sha256::new()),
-                references: Some(ReferenceMap::new(6, moves.clone(), 4096, absolute)),
+                references: Some(ReferenceMap::new(6, moves.clone(), 4096, rules)),
             };
             let blob = checkpoint.to_bytes();
             let read = Checkpoint::from_bytes(&blob).unwrap();
             assert_eq!(read.references, checkpoint.references);
-            // Version 3 wrote no absolute address after the page count.
-            let map_at = blob.len() - 4 - (1 + 4 + 4 + 4 + 3);
-            let mut v3 = [&blob[..map_at + 5], &blob[map_at + 9..blob.len() - 4]].concat();
-            v3[4..6].copy_from_slice(&3u16.to_le_bytes());
-            v3.extend_from_slice(&crc32fast::hash(&v3).to_le_bytes());
-            let read = Checkpoint::from_bytes(&v3).unwrap();
+            // Version 4 wrote no rules byte after the address, version 3 no
+            // address after the page count: both were x86 maps.
+            let map_at = blob.len() - 4 - (1 + 4 + 4 + 1 + 4 + 3);
+            let older = |version: u16, cut: std::ops::Range<usize>| {
+                let mut b = [&blob[..cut.start], &blob[cut.end..blob.len() - 4]].concat();
+                b[4..6].copy_from_slice(&version.to_le_bytes());
+                b.extend_from_slice(&crc32fast::hash(&b).to_le_bytes());
+                Checkpoint::from_bytes(&b).unwrap().references
+            };
+            if rules.x86 {
+                assert_eq!(older(4, map_at + 9..map_at + 10), checkpoint.references);
+            }
             assert_eq!(
-                read.references,
-                Some(ReferenceMap::new(6, moves.clone(), 4096, None))
+                older(3, map_at + 5..map_at + 10),
+                Some(ReferenceMap::new(
+                    6,
+                    moves.clone(),
+                    4096,
+                    Rules::x86(0, 4096).unwrap()
+                ))
             );
         }
     }

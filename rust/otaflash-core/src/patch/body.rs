@@ -10,7 +10,7 @@ use super::format::{
     Compression, DiffMode, FrameHeader, Header, MAX_FRAME_HEADER_LEN, RECORD_DENSITY, get_varint,
     split_dictionaries, unzigzag,
 };
-use super::references::{MovesReader, ReferenceMap};
+use super::references::{MovesReader, ReferenceMap, Rules};
 use crate::io::ReadAt;
 use crate::{Error, Result};
 
@@ -568,13 +568,14 @@ impl BodyDecoder {
             let Some(left) = map.comp_left else {
                 map.head.push(rest[0]);
                 used += 1;
-                // page_log, (version 5) the absolute address of old
-                // offset 0, the compressed length.
-                let mut fields = [0u64; 2];
+                // page_log, (version 6) the rules byte, (versions 5 and 6)
+                // the address of old offset 0, the compressed length.
+                let bytes = if header.version >= 6 { 2 } else { 1 };
                 let wanted = if header.version >= 5 { 2 } else { 1 };
-                let (mut at, mut parsed) = (1, 0);
+                let mut fields = [0u64; 2];
+                let (mut at, mut parsed) = (bytes, 0);
                 // (get_varint refuses a varint longer than 10 bytes.)
-                while parsed < wanted {
+                while parsed < wanted && at < map.head.len() {
                     let Some((value, n)) = get_varint(&map.head[at..])? else {
                         break;
                     };
@@ -584,9 +585,13 @@ impl BodyDecoder {
                 if parsed < wanted {
                     continue;
                 }
-                let (absolute_first, comp_len) = match wanted {
-                    2 => (fields[0], fields[1]),
-                    _ => (0, fields[0]),
+                let (rules, comp_len) = match header.version {
+                    6.. => (
+                        Rules::decode(map.head[1], fields[0], header.old_size)?,
+                        fields[1],
+                    ),
+                    5 => (Rules::x86(fields[0], header.old_size)?, fields[1]),
+                    _ => (Rules::x86(0, header.old_size)?, fields[0]),
                 };
                 let pages = u64::from(header.reference_pages);
                 if comp_len == 0 || comp_len > pages * 5 + pages / 128 + 1024 {
@@ -598,7 +603,7 @@ impl BodyDecoder {
                     map.head[0],
                     pages,
                     header.old_size,
-                    absolute_first,
+                    rules,
                 )?);
                 map.crc.update(&map.head);
                 map.comp_left = Some(comp_len);

@@ -10,11 +10,12 @@ pub const MAGIC: &[u8; 4] = b"OTAP";
 /// How version-1 patches (otaflash before the compact header) began.
 const MAGIC_V1: &[u8; 8] = b"OTAPATCH";
 pub const BSDIFF_MAGIC: &[u8; 8] = b"BSDIFF40";
-/// The newest version, made for patches with a reference map (section
-/// 3.2); others are made in version 3, which older appliers read too. 2 is
-/// read (it lacks the bitmap difference mode, and numbers its run modes one
+/// The newest version. Patches are made in the oldest version that can
+/// state them, which older appliers read too: 3 without a reference map
+/// (section 3.2), 5 with an x86 one, 6 with others (Thumb-2). 2 is read
+/// (it lacks the bitmap difference mode, and numbers its run modes one
 /// lower), and 4 (its reference maps move relative references only).
-pub const VERSION: u8 = 5;
+pub const VERSION: u8 = 6;
 /// The version of patches without a reference map.
 pub const VERSION_WITHOUT_REFERENCES: u8 = 3;
 const OLDEST_VERSION: u8 = 2;
@@ -770,19 +771,19 @@ mod tests {
     }
 
     #[test]
-    fn versions_two_to_five_are_read_and_number_their_modes() {
+    fn versions_two_to_six_are_read_and_number_their_modes() {
         let v2 = Header {
             version: 2,
             sparse_diffs: true,
             ..sample()
         };
         assert_eq!(Header::decode(&v2.encode()).unwrap(), v2);
-        let v6 = Header {
-            version: 6,
+        let v7 = Header {
+            version: 7,
             ..sample()
         };
-        let err = Header::decode(&v6.encode()).unwrap_err().to_string();
-        assert!(err.contains("version 6") && err.contains("2 to 5"), "{err}");
+        let err = Header::decode(&v7.encode()).unwrap_err().to_string();
+        assert!(err.contains("version 7") && err.contains("2 to 6"), "{err}");
         for (version, value, mode) in [
             (2, 0, DiffMode::Whole),
             (2, 1, DiffMode::Runs(0)),

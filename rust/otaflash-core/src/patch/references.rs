@@ -1,6 +1,7 @@
-//! Executable-aware copies: the x86-64 references in copied code (rel32
-//! operands of CALL, JMP and Jcc, disp32 of common RIP-relative
-//! instructions) predicted from where their targets moved.
+//! Executable-aware copies: the references in copied code predicted from
+//! where their targets moved. x86-64: rel32 operands of CALL, JMP and Jcc,
+//! disp32 of common RIP-relative instructions; Thumb-2 (Cortex-M
+//! firmware): BL and B.W; either: absolute 32-bit addresses.
 //!
 //! When a rebuilt binary's code moves, every reference to a moved target
 //! changes, and bsdiff-style differences carry those changes byte by byte
@@ -62,22 +63,22 @@ fn is_call(opcode: u8) -> bool {
 }
 
 /// Absolute references: 32-bit values that are addresses in the old
-/// image, as position-dependent (non-PIE) executables hold them in code
-/// (`mov $addr, ...`) and data. A value `v` with `v - first < len` (mod
-/// 2^32) refers to old offset `v - first`.
+/// image, as position-dependent (non-PIE) executables and MCU firmware
+/// hold them in code (`mov $addr, ...`, literal pools) and data. A value
+/// `v` with `v - first < len` (mod 2^32) refers to old offset `v - first`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Absolute {
-    /// The address of old offset 0 (never 0: zeros pad the scan's tail).
+    /// The address of old offset 0.
     pub first: u32,
     /// How many addresses count, at most the old image's size.
     pub len: u32,
 }
 
 impl Absolute {
-    /// Addresses from `first` (1..2^32) for an old image of `old_size`
+    /// Addresses from `first` (below 2^32) for an old image of `old_size`
     /// bytes, up to 2^32.
     pub fn new(first: u64, old_size: u64) -> Option<Self> {
-        let first = u32::try_from(first).ok().filter(|&f| f != 0)?;
+        let first = u32::try_from(first).ok()?;
         let len = old_size.min((1 << 32) - u64::from(first)) as u32;
         Some(Self { first, len })
     }
@@ -89,19 +90,148 @@ impl Absolute {
     }
 }
 
+/// What a map's scan looks for (section 3.2's rules byte).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rules {
+    /// x86-64 rel32 and RIP-relative disp32 fields, at any position.
+    pub x86: bool,
+    /// Thumb-2 BL and B.W, at even old offsets.
+    pub thumb: bool,
+    /// Absolute addresses: at any position with `x86`, else at old offsets
+    /// that are multiples of 4 (literal pools, pointer tables).
+    pub absolute: Option<Absolute>,
+}
+
+impl Rules {
+    const X86: u8 = 1;
+    const THUMB: u8 = 2;
+    const ABSOLUTE: u8 = 4;
+
+    /// A version-4 or -5 map's rules: x86, with absolute addresses from
+    /// `first` unless it is 0.
+    pub fn x86(first: u64, old_size: u64) -> Result<Self> {
+        let absolute = match first {
+            0 => None,
+            _ => Some(absolute_from(first, old_size)?),
+        };
+        Ok(Self {
+            x86: true,
+            thumb: false,
+            absolute,
+        })
+    }
+
+    /// A version-6 map's rules byte and address of old offset 0 (0 when
+    /// there are no absolute addresses).
+    pub fn decode(byte: u8, first: u64, old_size: u64) -> Result<Self> {
+        let known = Self::X86 | Self::THUMB | Self::ABSOLUTE;
+        let (x86, thumb) = (byte & Self::X86 != 0, byte & Self::THUMB != 0);
+        if byte & !known != 0 || byte == 0 || (x86 && thumb) {
+            return Err(corrupt(format!(
+                "its reference map's rules {byte:#04x} are not a known combination"
+            )));
+        }
+        let absolute = match byte & Self::ABSOLUTE {
+            0 if first != 0 => {
+                return Err(corrupt(
+                    "its reference map gives an address without absolute references",
+                ));
+            }
+            0 => None,
+            _ => Some(absolute_from(first, old_size)?),
+        };
+        Ok(Self {
+            x86,
+            thumb,
+            absolute,
+        })
+    }
+
+    /// The rules byte.
+    pub fn byte(self) -> u8 {
+        let bit = |set: bool, bit: u8| if set { bit } else { 0 };
+        bit(self.x86, Self::X86)
+            | bit(self.thumb, Self::THUMB)
+            | bit(self.absolute.is_some(), Self::ABSOLUTE)
+    }
+
+    /// The oldest format version that can state these rules: 5 for x86 ones
+    /// (absolute addresses from any but 0), else 6.
+    pub fn version(self) -> u8 {
+        if self.x86 && self.absolute.is_none_or(|a| a.first != 0) {
+            5
+        } else {
+            6
+        }
+    }
+}
+
+fn absolute_from(first: u64, old_size: u64) -> Result<Absolute> {
+    Absolute::new(first, old_size).ok_or_else(|| {
+        corrupt(format!(
+            "its reference map's absolute address {first:#x} is not a 32-bit address"
+        ))
+    })
+}
+
 /// The 32-bit little-endian value at `at`.
 #[inline(always)]
 fn value_at(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
-/// A reference field found by [`FieldScan`]: its four operand bytes at
-/// `at`, the instruction (or, absolute, the value) ending at `end`.
+/// Whether a 32-bit value is a Thumb-2 BL or B.W instruction (first
+/// halfword 11110xxx xxxxxxxx, second 1x x1 ...: BL T1, B T4).
+#[inline(always)]
+fn is_thumb_branch(value: u32) -> bool {
+    value & 0x9000_F800 == 0x9000_F000
+}
+
+/// A Thumb-2 BL or B.W's offset from the instruction's end (the PC it
+/// reads is its address + 4): S:I1:I2:imm10:imm11:0, sign-extended, where
+/// I1 = NOT(J1 XOR S) and I2 = NOT(J2 XOR S).
+fn thumb_offset(value: u32) -> i32 {
+    let (first, second) = (value & 0xFFFF, value >> 16);
+    let s = first >> 10 & 1;
+    let i1 = !(second >> 13 ^ s) & 1;
+    let i2 = !(second >> 11 ^ s) & 1;
+    let imm = s << 24 | i1 << 23 | i2 << 22 | (first & 0x3FF) << 12 | (second & 0x7FF) << 1;
+    (imm << 7) as i32 >> 7
+}
+
+/// The branch `value` with its offset set to `offset`; None when a Thumb-2
+/// branch cannot reach it (odd, or beyond ±16 MiB).
+fn thumb_with_offset(value: u32, offset: i32) -> Option<u32> {
+    if offset & 1 != 0 || !(-(1 << 24)..1 << 24).contains(&offset) {
+        return None;
+    }
+    let imm = offset as u32;
+    let s = imm >> 24 & 1;
+    let j1 = (!(imm >> 23) ^ s) & 1;
+    let j2 = (!(imm >> 22) ^ s) & 1;
+    let first = value & 0xF800 | s << 10 | imm >> 12 & 0x3FF;
+    let second = (value >> 16) & 0xD000 | j1 << 13 | j2 << 11 | imm >> 1 & 0x7FF;
+    Some(second << 16 | first)
+}
+
+/// What a reference field holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldKind {
+    /// An x86 rel32 or disp32: the target less the instruction's end.
+    Relative,
+    /// A Thumb-2 BL or B.W (the whole instruction): its offset from its end.
+    Thumb,
+    /// An address.
+    Absolute,
+}
+
+/// A reference field found by [`FieldScan`]: its four bytes at `at`, the
+/// instruction (or, absolute, the value) ending at `end`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Field {
     pub at: usize,
     pub end: usize,
-    pub absolute: bool,
+    pub kind: FieldKind,
 }
 
 /// Bytes a window holds: its positions and the bytes an absolute value
@@ -117,18 +247,22 @@ fn absolute_mask(w: &[u8; WINDOW], absolute: Absolute) -> u32 {
     })
 }
 
-/// The reference fields of some code, in order. At each position, a
-/// relative field's opcode comes first, then an absolute value; after a
-/// field the scan resumes at its end, so fields never overlap; they lie
-/// wholly inside the code. CALL/JMP take 1 + 4 bytes, the other relative
-/// ones 2 + 4, absolute values 4. A window's masks are kept across the
-/// fields found in it (half the work of rescanning).
+/// The reference fields of some code, in order. With x86 rules, at each
+/// position a relative field's opcode comes first, then an absolute value;
+/// without, at each even old offset a Thumb-2 branch comes first, then (at
+/// multiples of 4) an absolute value. After a field the scan resumes at
+/// its end, so fields never overlap; they lie wholly inside the code.
+/// CALL/JMP take 1 + 4 bytes, the other relative ones 2 + 4, Thumb
+/// branches and absolute values 4. An x86 window's masks are kept across
+/// the fields found in it (half the work of rescanning).
 ///
 /// The caller passes the code at each step, so it may rewrite fields
-/// already returned: the masks only depend on bytes past them.
+/// already returned: the scan only reads bytes past them.
 #[derive(Debug, Default)]
 pub struct FieldScan {
-    absolute: Option<Absolute>,
+    rules: Rules,
+    /// The old offset of the code's first byte, modulo 4.
+    phase: usize,
     /// The current window's first position.
     base: usize,
     /// Positions in the window not yet looked at that begin a relative
@@ -142,18 +276,60 @@ pub struct FieldScan {
 }
 
 impl FieldScan {
-    pub fn new(absolute: Option<Absolute>) -> Self {
+    /// A scan of code copied from old offset `old_pos`.
+    pub fn new(rules: Rules, old_pos: u64) -> Self {
         Self {
-            absolute,
+            rules,
+            phase: (old_pos % 4) as usize,
             ..Self::default()
         }
     }
 
     pub fn next(&mut self, code: &[u8]) -> Option<Field> {
+        if self.rules.x86 {
+            self.next_x86(code)
+        } else {
+            self.next_aligned(code)
+        }
+    }
+
+    /// Thumb-2 branches at even old offsets, absolute values at multiples
+    /// of 4: one position at a time (MCU images are small).
+    fn next_aligned(&mut self, code: &[u8]) -> Option<Field> {
+        let step = if self.rules.thumb { 2 } else { 4 };
+        let misaligned = (self.phase + self.resume) % step;
+        let mut at = self.resume + (step - misaligned) % step;
+        while at + FIELD <= code.len() {
+            let value = value_at(code, at);
+            let kind = if self.rules.thumb && is_thumb_branch(value) {
+                Some(FieldKind::Thumb)
+            } else if (self.phase + at).is_multiple_of(4)
+                && self.rules.absolute.is_some_and(|a| a.holds(value))
+            {
+                Some(FieldKind::Absolute)
+            } else {
+                None
+            };
+            if let Some(kind) = kind {
+                self.resume = at + FIELD;
+                return Some(Field {
+                    at,
+                    end: at + FIELD,
+                    kind,
+                });
+            }
+            at += step;
+        }
+        self.resume = at;
+        None
+    }
+
+    fn next_x86(&mut self, code: &[u8]) -> Option<Field> {
+        let absolute = self.rules.absolute;
         // The last position a relative field's instruction (1 + 4 bytes),
         // and any field, fits at.
         let last_relative = code.len().checked_sub(1 + FIELD);
-        let last = code.len().checked_sub(match self.absolute {
+        let last = code.len().checked_sub(match absolute {
             Some(_) => FIELD,
             None => 1 + FIELD,
         })?;
@@ -171,13 +347,14 @@ impl FieldScan {
                 let w: &[u8; WINDOW] = match code.get(base..base + WINDOW) {
                     Some(w) => w.try_into().ok()?,
                     None => {
-                        // The tail, padded with zeros (which begin nothing).
+                        // The tail, padded with zeros: positions past
+                        // `last` end the scan whatever they hold.
                         padded[..code.len() - base].copy_from_slice(&code[base..]);
                         &padded
                     }
                 };
                 let relative = window_mask(w[..=LANES].try_into().ok()?);
-                let absolute = self.absolute.map_or(0, |a| absolute_mask(w, a));
+                let absolute = absolute.map_or(0, |a| absolute_mask(w, a));
                 *self = Self {
                     base,
                     relative,
@@ -211,12 +388,12 @@ impl FieldScan {
                 Some(operand) => Field {
                     at: operand,
                     end: operand + FIELD,
-                    absolute: false,
+                    kind: FieldKind::Relative,
                 },
-                None if self.absolute.is_some_and(|a| a.holds(value_at(code, at))) => Field {
+                None if absolute.is_some_and(|a| a.holds(value_at(code, at))) => Field {
                     at,
                     end: at + FIELD,
-                    absolute: true,
+                    kind: FieldKind::Absolute,
                 },
                 None => continue,
             };
@@ -235,11 +412,28 @@ impl FieldScan {
 
 /// The old-image offset a field of old bytes `code`, copied from old offset
 /// `old_pos`, refers to.
-pub fn old_target(code: &[u8], field: Field, old_pos: u64, absolute: Option<Absolute>) -> i64 {
-    let operand = value_at(code, field.at);
-    match absolute {
-        Some(a) if field.absolute => i64::from(operand.wrapping_sub(a.first)),
-        _ => old_pos as i64 + field.end as i64 + i64::from(operand as i32),
+pub fn old_target(code: &[u8], field: Field, old_pos: u64, rules: Rules) -> i64 {
+    let value = value_at(code, field.at);
+    let end = old_pos as i64 + field.end as i64;
+    match field.kind {
+        FieldKind::Relative => end + i64::from(value as i32),
+        FieldKind::Thumb => end + i64::from(thumb_offset(value)),
+        FieldKind::Absolute => i64::from(value.wrapping_sub(rules.absolute.map_or(0, |a| a.first))),
+    }
+}
+
+/// How far the target `target` of an old field moved, as the same field
+/// in the new image (its four bytes `value`, ending at new offset
+/// `new_end`) says; None when the new bytes are no such field.
+pub fn seen_move(field: Field, value: u32, new_end: u64, target: i64, rules: Rules) -> Option<u32> {
+    let from_end = |offset: i32| (new_end as i64 + i64::from(offset) - target) as u32;
+    match field.kind {
+        FieldKind::Relative => Some(from_end(value as i32)),
+        FieldKind::Thumb => is_thumb_branch(value).then(|| from_end(thumb_offset(value))),
+        FieldKind::Absolute => {
+            let first = rules.absolute.map_or(0, |a| a.first);
+            Some(value.wrapping_sub(first).wrapping_sub(target as u32))
+        }
     }
 }
 
@@ -250,21 +444,21 @@ pub struct ReferenceMap {
     page_log: u8,
     moves: Vec<u32>,
     old_size: u64,
-    absolute: Option<Absolute>,
+    rules: Rules,
 }
 
 impl ReferenceMap {
-    pub fn new(page_log: u8, moves: Vec<u32>, old_size: u64, absolute: Option<Absolute>) -> Self {
+    pub fn new(page_log: u8, moves: Vec<u32>, old_size: u64, rules: Rules) -> Self {
         Self {
             page_log,
             moves,
             old_size,
-            absolute,
+            rules,
         }
     }
 
-    pub fn absolute(&self) -> Option<Absolute> {
-        self.absolute
+    pub fn rules(&self) -> Rules {
+        self.rules
     }
 
     pub fn page_log(&self) -> u8 {
@@ -296,22 +490,24 @@ impl ReferenceMap {
     /// `old_pos` to new offset `new_pos`) to point where the map says their
     /// targets went.
     pub fn predict(&self, code: &mut [u8], old_pos: u64, new_pos: u64) {
-        let mut scan = FieldScan::new(self.absolute);
+        let mut scan = FieldScan::new(self.rules, old_pos);
         while let Some(field) = scan.next(code) {
-            let target = old_target(code, field, old_pos, self.absolute);
+            let target = old_target(code, field, old_pos, self.rules);
             let Some(moved) = self.move_of(target) else {
                 continue;
             };
-            let operand = match self.absolute {
-                // The value moves with its target.
-                Some(a) if field.absolute => {
-                    (target as u32).wrapping_add(a.first).wrapping_add(moved)
-                }
-                _ => (target as u64)
-                    .wrapping_add(u64::from(moved))
-                    .wrapping_sub(new_pos + field.end as u64) as u32,
+            let offset = (target as u64)
+                .wrapping_add(u64::from(moved))
+                .wrapping_sub(new_pos + field.end as u64) as u32;
+            let value = match field.kind {
+                FieldKind::Relative => Some(offset),
+                FieldKind::Thumb => thumb_with_offset(value_at(code, field.at), offset as i32),
+                // The address moves with its target.
+                FieldKind::Absolute => Some(value_at(code, field.at).wrapping_add(moved)),
             };
-            code[field.at..field.end].copy_from_slice(&operand.to_le_bytes());
+            if let Some(value) = value {
+                code[field.at..field.end].copy_from_slice(&value.to_le_bytes());
+            }
         }
     }
 
@@ -334,7 +530,7 @@ pub struct MovesReader {
     page_log: u8,
     pages: usize,
     old_size: u64,
-    absolute: Option<Absolute>,
+    rules: Rules,
     moves: Vec<u32>,
     previous: u32,
     /// The bytes of a varint not yet ended.
@@ -342,9 +538,7 @@ pub struct MovesReader {
 }
 
 impl MovesReader {
-    /// `absolute_first`: the address of old offset 0 when the map moves
-    /// absolute references too, else 0.
-    pub fn new(page_log: u8, pages: u64, old_size: u64, absolute_first: u64) -> Result<Self> {
+    pub fn new(page_log: u8, pages: u64, old_size: u64, rules: Rules) -> Result<Self> {
         if !(MIN_PAGE_LOG..=MAX_PAGE_LOG).contains(&page_log) {
             return Err(corrupt(format!(
                 "its reference map's page size 2^{page_log} is out of range"
@@ -356,19 +550,11 @@ impl MovesReader {
                  of {old_size} bytes"
             )));
         }
-        let absolute = match absolute_first {
-            0 => None,
-            first => Some(Absolute::new(first, old_size).ok_or_else(|| {
-                corrupt(format!(
-                    "its reference map's absolute address {first:#x} is not a 32-bit address"
-                ))
-            })?),
-        };
         Ok(Self {
             page_log,
             pages: pages as usize,
             old_size,
-            absolute,
+            rules,
             moves: Vec::with_capacity(pages as usize),
             previous: 0,
             pending: Vec::with_capacity(10),
@@ -408,7 +594,7 @@ impl MovesReader {
             self.page_log,
             self.moves,
             self.old_size,
-            self.absolute,
+            self.rules,
         ))
     }
 }
@@ -421,6 +607,14 @@ fn corrupt(what: impl Into<String>) -> Error {
 mod tests {
     use super::*;
 
+    fn x86(absolute: Option<Absolute>) -> Rules {
+        Rules {
+            x86: true,
+            thumb: false,
+            absolute,
+        }
+    }
+
     #[test]
     fn fields_are_found_after_their_opcodes_and_never_overlap() {
         // CALL rel32; LEA rax,[rip+d]; JNE rel32; MOV eax, imm32 (B8: none);
@@ -432,10 +626,10 @@ mod tests {
             0xB8, 1, 2, 3, 4,
         ];
         let spans = |absolute| {
-            let mut scan = FieldScan::new(absolute);
+            let mut scan = FieldScan::new(x86(absolute), 0);
             let mut spans = Vec::new();
             while let Some(f) = scan.next(&code) {
-                spans.push((f.at, f.end, f.absolute));
+                spans.push((f.at, f.end, f.kind == FieldKind::Absolute));
             }
             spans
         };
@@ -494,7 +688,15 @@ mod tests {
     fn fields_one_by_one(code: &[u8], absolute: Option<Absolute>) -> Vec<Field> {
         let mut fields = Vec::new();
         let mut at = 0;
-        let field = |at, end, absolute| Field { at, end, absolute };
+        let field = |at, end, absolute| Field {
+            at,
+            end,
+            kind: if absolute {
+                FieldKind::Absolute
+            } else {
+                FieldKind::Relative
+            },
+        };
         while at + FIELD <= code.len() {
             let relative = match code.get(at + 1) {
                 Some(&b) if at + 1 + FIELD <= code.len() => kind(code[at], b),
@@ -535,7 +737,7 @@ mod tests {
             with_absolute: bool,
         ) {
             let absolute = Absolute::new(0x0D0C_0000, 0x10000).filter(|_| with_absolute);
-            let mut scan = FieldScan::new(absolute);
+            let mut scan = FieldScan::new(x86(absolute), 0);
             let mut found = Vec::new();
             while let Some(f) = scan.next(&code) {
                 found.push(f);
@@ -549,7 +751,7 @@ mod tests {
         // Old: CALL at old offset 100 to target 200 (rel = 200 - 105 = 95).
         // Targets in page 200 >> 6 = 3 moved up by 40; the code by 10.
         let mut code = [0xE8, 95, 0, 0, 0];
-        let map = ReferenceMap::new(6, vec![0, 0, 0, 40], 1000, None);
+        let map = ReferenceMap::new(6, vec![0, 0, 0, 40], 1000, x86(None));
         map.predict(&mut code, 100, 110);
         // New: 240 - 115 = 125.
         assert_eq!(code, [0xE8, 125, 0, 0, 0]);
@@ -565,12 +767,12 @@ mod tests {
         // page 3, which moved up by 40) becomes MOV ebx, 0x4000F0 wherever
         // the code went; an address past the old image is left alone.
         let absolute = Absolute::new(0x40_0000, 1000);
-        let map = ReferenceMap::new(6, vec![0, 0, 0, 40], 1000, absolute);
+        let map = ReferenceMap::new(6, vec![0, 0, 0, 40], 1000, x86(absolute));
         let mut code = [0xBB, 0xC8, 0, 0x40, 0, 0xBB, 0xE8, 0x03, 0x40, 0];
         map.predict(&mut code, 100, 7000);
         assert_eq!(code, [0xBB, 0xF0, 0, 0x40, 0, 0xBB, 0xE8, 0x03, 0x40, 0]);
-        // Addresses start at 1 and end at 2^32.
-        assert_eq!(Absolute::new(0, 1000), None);
+        // Addresses end at 2^32.
+        assert_eq!(Absolute::new(0, 1000).map(|a| a.len), Some(1000));
         assert_eq!(Absolute::new(1 << 32, 1000), None);
         assert_eq!(
             Absolute::new(u64::from(u32::MAX), 1000).map(|a| a.len),
@@ -581,21 +783,130 @@ mod tests {
     #[test]
     fn moves_round_trip_through_their_varints_in_any_pieces() {
         let moves = vec![0, 5, u32::MAX, 7, 0x8000_0000, 3];
-        let map = ReferenceMap::new(10, moves.clone(), 6 << 10, Absolute::new(0x1000, 6 << 10));
+        let rules = x86(Absolute::new(0x1000, 6 << 10));
+        let map = ReferenceMap::new(10, moves.clone(), 6 << 10, rules);
         let bytes = map.encode_moves();
         for cut in 0..=bytes.len() {
-            let mut reader = MovesReader::new(10, 6, 6 << 10, 0x1000).unwrap();
+            let mut reader = MovesReader::new(10, 6, 6 << 10, rules).unwrap();
             reader.take(&bytes[..cut]).unwrap();
             reader.take(&bytes[cut..]).unwrap();
             assert_eq!(reader.finish().unwrap(), map);
         }
-        let mut short = MovesReader::new(10, 6, 6 << 10, 0x1000).unwrap();
+        let mut short = MovesReader::new(10, 6, 6 << 10, rules).unwrap();
         short.take(&bytes[..bytes.len() - 1]).unwrap();
         assert!(short.finish().is_err());
-        let mut long = MovesReader::new(10, 5, 6 << 10, 0x1000).unwrap();
+        let mut long = MovesReader::new(10, 5, 6 << 10, rules).unwrap();
         assert!(long.take(&bytes).is_err());
-        assert!(MovesReader::new(10, 7, 6 << 10, 0).is_err());
-        assert!(MovesReader::new(5, 1, 6 << 10, 0).is_err());
-        assert!(MovesReader::new(10, 6, 6 << 10, 1 << 32).is_err());
+        assert!(MovesReader::new(10, 7, 6 << 10, rules).is_err());
+        assert!(MovesReader::new(5, 1, 6 << 10, rules).is_err());
+    }
+
+    #[test]
+    fn rules_round_trip_through_their_byte_and_refuse_the_unknown() {
+        let size = 6 << 10;
+        let thumb = |absolute| Rules {
+            x86: false,
+            thumb: true,
+            absolute,
+        };
+        for rules in [
+            x86(None),
+            x86(Absolute::new(0x40_0000, size)),
+            thumb(None),
+            thumb(Absolute::new(0, size)),
+            thumb(Absolute::new(0x2_3000, size)),
+        ] {
+            let first = rules.absolute.map_or(0, |a| u64::from(a.first));
+            assert_eq!(Rules::decode(rules.byte(), first, size).unwrap(), rules);
+        }
+        // x86 maps with addresses from 0 (which version 5 cannot say) and
+        // Thumb ones need version 6.
+        assert_eq!(x86(Absolute::new(0x40_0000, size)).version(), 5);
+        assert_eq!(x86(Absolute::new(0, size)).version(), 6);
+        assert_eq!(thumb(None).version(), 6);
+        assert_eq!(Rules::x86(0, size).unwrap(), x86(None));
+        for (byte, first) in [(0, 0), (3, 0), (8, 0), (2, 0x1000), (6, 1 << 32)] {
+            assert!(Rules::decode(byte, first, size).is_err(), "{byte} {first}");
+        }
+        assert!(Rules::x86(1 << 32, size).is_err());
+    }
+
+    #[test]
+    fn thumb_branches_decode_and_encode() {
+        // BL +4 (F000 F802), BL to itself (F7FF FFFE: -4), B.W +0 (F000 B800).
+        assert_eq!(thumb_offset(0xF802_F000), 4);
+        assert_eq!(thumb_offset(0xFFFE_F7FF), -4);
+        assert_eq!(thumb_offset(0xB800_F000), 0);
+        assert!(is_thumb_branch(0xF802_F000) && is_thumb_branch(0xB800_F000));
+        // BLX (second halfword 11x0) and 16-bit pairs are not.
+        assert!(!is_thumb_branch(0xE802_F000) && !is_thumb_branch(0xF802_E000));
+        for offset in [0, 2, -2, 4094, -4096, (1 << 24) - 2, -(1 << 24), 0x12_3456] {
+            for value in [0xF802_F000, 0xB800_F000] {
+                let branch = thumb_with_offset(value, offset).unwrap();
+                assert_eq!(thumb_offset(branch), offset);
+                // The kind (BL or B.W) stays.
+                assert_eq!(branch & 0xD000_F800, value & 0xD000_F800);
+            }
+        }
+        assert_eq!(thumb_with_offset(0xF802_F000, 3), None);
+        assert_eq!(thumb_with_offset(0xF802_F000, 1 << 24), None);
+    }
+
+    #[test]
+    fn thumb_rules_find_branches_at_even_and_addresses_at_aligned_old_offsets() {
+        let rules = Rules {
+            x86: false,
+            thumb: true,
+            absolute: Absolute::new(0x2_3000, 0x1000),
+        };
+        // Copied from old offset 2: code index i is old offset 2 + i.
+        let code = [
+            0x00, 0xF0, 0x02, 0xF8, // 0: BL at old 2 (even)
+            0x11, // 4: an odd byte: what follows is at odd old offsets
+            0x00, 0xF0, 0x02, 0xF8, // 5: a BL's bytes at old 7: not one
+            0x00, // 9
+            0x00, 0x30, 0x02, 0x00, // 10: address at old 12 (aligned)
+            0x00, 0x30, 0x02, 0x00, // 14: address at old 16 (aligned)
+            0x22, 0x22, // 18
+            0x00, 0x30, 0x02, 0x00, // 20: an address at old 22: not aligned
+            0x00, 0xF0, 0x02, // 24: a BL cut short by the end
+        ];
+        let mut scan = FieldScan::new(rules, 2);
+        let mut found = Vec::new();
+        while let Some(f) = scan.next(&code) {
+            found.push((f.at, f.kind));
+        }
+        assert_eq!(
+            found,
+            [
+                (0, FieldKind::Thumb),
+                (10, FieldKind::Absolute),
+                (14, FieldKind::Absolute)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_thumb_branch_is_pointed_where_its_target_moved() {
+        // BL at old offset 100 to target 200 (offset 200 - 104 = 96); page 3
+        // moved up by 40, the code by 10: the new offset is 240 - 114 = 126.
+        let rules = Rules {
+            x86: false,
+            thumb: true,
+            absolute: None,
+        };
+        let map = ReferenceMap::new(6, vec![0, 0, 0, 40], 1000, rules);
+        let mut code = thumb_with_offset(0xF800_F000, 96).unwrap().to_le_bytes();
+        map.predict(&mut code, 100, 110);
+        assert_eq!(thumb_offset(u32::from_le_bytes(code)), 126);
+        let field = Field {
+            at: 0,
+            end: 4,
+            kind: FieldKind::Thumb,
+        };
+        assert_eq!(
+            seen_move(field, u32::from_le_bytes(code), 114, 200, rules),
+            Some(40)
+        );
     }
 }
