@@ -905,6 +905,51 @@ fn the_hash_thread_runs_within_the_budget_and_gives_the_same_result() {
 }
 
 #[test]
+fn the_reference_thread_gives_the_same_result_within_the_budget() {
+    let old = x86_program(400, &[], 5);
+    let new = x86_program(400, &[3, 50, 120, 200, 333], 5);
+    // Small blocks: many of them, each predicted on the thread.
+    let opts = DiffOptions {
+        block_size: 4096,
+        ..mapped(Compression::Zstd)
+    };
+    let patch = diff(&old, &new, &opts).unwrap();
+    let apply = |options, chunk| apply_to(&old, &patch, chunk, options, &new);
+    let inline = ApplyOptions {
+        reference_thread: false,
+        ..ApplyOptions::default()
+    };
+    for chunk in [1, 97, patch.len()] {
+        let ((inline_report, inline_set), (report, set)) = (
+            apply(inline.clone(), chunk),
+            apply(ApplyOptions::default(), chunk),
+        );
+        assert_eq!(inline_report, report);
+        if two_cores() {
+            // The job's copies list: (4096 / 32 + 1) entries of 16 bytes.
+            assert_eq!(set, inline_set + 129 * 16);
+        }
+        // A budget without room for it, or a read cache smaller than a
+        // block, predicts inline.
+        let tight = ApplyOptions {
+            max_working_set: inline_set,
+            ..ApplyOptions::default()
+        };
+        assert_eq!(apply(tight, chunk).1, inline_set);
+    }
+    let small_cache = ApplyOptions {
+        read_cache: 2048,
+        ..ApplyOptions::default()
+    };
+    let small_inline = ApplyOptions {
+        reference_thread: false,
+        ..small_cache.clone()
+    };
+    assert_eq!(apply(small_cache, 333).1, apply(small_inline, 333).1);
+    resume_from_any_checkpoint_gives_identical_output_with(&old, &new, &opts);
+}
+
+#[test]
 fn working_set_is_bounded_and_enforced() {
     let (old, new) = pair(100_000, 6);
     let opts = DiffOptions {

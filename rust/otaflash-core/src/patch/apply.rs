@@ -44,6 +44,11 @@ pub struct ApplyOptions {
     /// when the machine has a second core, the image is larger than a few
     /// blocks and the working-set limit has room for one more block.
     pub hash_thread: bool,
+    /// Predict a patch's references (its reference map) on a second
+    /// thread while the decoder goes on with the block, under the same
+    /// conditions; the thread lends the read cache's buffer, so it needs a
+    /// read cache of a block or more.
+    pub reference_thread: bool,
     /// When the old image is checked against the patch's SHA-256.
     pub old_check: OldCheck,
 }
@@ -72,6 +77,7 @@ impl Default for ApplyOptions {
             read_cache: DEFAULT_READ_CACHE,
             legacy_buffer_limit: 256 << 20,
             hash_thread: true,
+            reference_thread: true,
             old_check: OldCheck::Before,
         }
     }
@@ -389,6 +395,7 @@ const HASH_THREAD_MIN_BLOCKS: u64 = 4;
 struct Helpers {
     hash_thread: bool,
     old_alongside: bool,
+    reference_thread: bool,
     working_set: usize,
 }
 
@@ -397,9 +404,11 @@ impl Helpers {
         let block = header.block_size as usize;
         let second_core = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
         let mut working_set = body::working_set(header, options.read_cache);
+        let blocks_enough =
+            header.new_size >= HASH_THREAD_MIN_BLOCKS * u64::from(header.block_size);
         let hash_thread = options.hash_thread
             && second_core
-            && header.new_size >= HASH_THREAD_MIN_BLOCKS * u64::from(header.block_size)
+            && blocks_enough
             && working_set + block <= options.max_working_set;
         if hash_thread {
             working_set += block;
@@ -411,9 +420,21 @@ impl Helpers {
         if old_alongside {
             working_set += OLD_CHECK_CHUNK;
         }
+        // The job's list of the block's copies; its bytes are the cache's.
+        let job = body::records_table(header);
+        let reference_thread = options.reference_thread
+            && header.reference_pages > 0
+            && second_core
+            && blocks_enough
+            && options.read_cache >= block
+            && working_set + job <= options.max_working_set;
+        if reference_thread {
+            working_set += job;
+        }
         Self {
             hash_thread,
             old_alongside,
+            reference_thread,
             working_set,
         }
     }
@@ -656,7 +677,10 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
             out_pos: 0,
             frame_index: 0,
         };
-        let body = BodyDecoder::new(&header, self.options.read_cache, pos, None)?;
+        let mut body = BodyDecoder::new(&header, self.options.read_cache, pos, None)?;
+        if helpers.reference_thread {
+            body.predict_aside();
+        }
         let boundary = (pos, sha_state(&Sha256::new()));
         let new_hash = OutputHash::new(Sha256::new(), &header, helpers)?;
         Ok(OursState {
@@ -680,8 +704,11 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
             out_pos: cp.output_offset,
             frame_index: cp.frame_index,
         };
-        let body = BodyDecoder::new(&header, self.options.read_cache, pos, cp.references)?;
+        let mut body = BodyDecoder::new(&header, self.options.read_cache, pos, cp.references)?;
         let helpers = Helpers::choose(&header, &self.options, false);
+        if helpers.reference_thread {
+            body.predict_aside();
+        }
         let new_hash = OutputHash::new(sha_restore(&cp.new_state)?, &header, helpers)?;
         Ok(OursState {
             header,

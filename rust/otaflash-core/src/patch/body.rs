@@ -10,7 +10,10 @@ use super::format::{
     Compression, DiffMode, FrameHeader, Header, MAX_FRAME_HEADER_LEN, RECORD_DENSITY, get_varint,
     split_dictionaries, unzigzag,
 };
+use super::predictor::{BackgroundPredictor, Job};
 use super::references::{MovesReader, ReferenceMap, Rules};
+use std::sync::Arc;
+
 use crate::io::ReadAt;
 use crate::{Error, Result};
 
@@ -26,13 +29,18 @@ fn corrupt(what: impl Into<String>) -> Error {
     Error::PatchCorrupt(what.into())
 }
 
+/// Bytes of a block's copies' table (old offset, block offset, length).
+pub(crate) fn records_table(header: &Header) -> usize {
+    (header.block_size as usize / RECORD_DENSITY as usize + 1) * std::mem::size_of::<Entry>()
+}
+
 /// Working memory the body decoder needs for `header`, with a read cache of
 /// `read_cache` bytes.
 pub fn working_set(header: &Header, read_cache: usize) -> usize {
     let block = header.block_size as usize;
     // Sparse differences reuse the copies' table (`BodyDecoder::copies`).
-    let entry = std::mem::size_of::<Span>() + std::mem::size_of::<Entry>();
-    let records = (block / RECORD_DENSITY as usize + 1) * entry;
+    let spans = (block / RECORD_DENSITY as usize + 1) * std::mem::size_of::<Span>();
+    let records = spans + records_table(header);
     let codec = match header.compression {
         Compression::None => 0,
         Compression::Zstd => (1usize << header.window_log) + ZSTD_FIXED,
@@ -342,7 +350,8 @@ struct MapReading {
 enum References {
     None,
     Reading(Box<MapReading>),
-    Ready(ReferenceMap),
+    /// Shared with the prediction thread, if there is one.
+    Ready(Arc<ReferenceMap>),
 }
 
 /// One step of a raw LZMA2 decoder: (input used, bytes made, it ended).
@@ -485,6 +494,14 @@ pub(crate) struct BodyDecoder {
     /// The last frame boundary.
     boundary: Position,
     references: References,
+    /// Predict references on a second thread ([`BackgroundPredictor`]),
+    /// started with the first block that needs it.
+    predict_aside: bool,
+    predictor: Option<BackgroundPredictor>,
+    /// The copies' list a job takes along, while no job is out.
+    job_copies: Vec<Entry>,
+    /// Whether the block's job is out (holding the read cache's buffer).
+    job_out: bool,
 }
 
 impl std::fmt::Debug for BodyDecoder {
@@ -509,7 +526,7 @@ impl BodyDecoder {
         let block = header.block_size as usize;
         let references = match (header.reference_pages, map) {
             (0, _) => References::None,
-            (pages, Some(map)) if map.pages() == pages as usize => References::Ready(map),
+            (pages, Some(map)) if map.pages() == pages as usize => References::Ready(Arc::new(map)),
             (_, None) if pos.body_pos == 0 => References::Reading(Box::new(MapReading {
                 head: Vec::with_capacity(11),
                 comp_left: None,
@@ -544,13 +561,27 @@ impl BodyDecoder {
             pos,
             boundary: pos,
             references,
+            predict_aside: false,
+            predictor: None,
+            job_copies: Vec::new(),
+            job_out: false,
         })
+    }
+
+    /// Predicts references on a second thread from now on, if the read
+    /// cache can hold a block (it lends its buffer to the thread between
+    /// reading a block's copies and finishing the block).
+    pub(crate) fn predict_aside(&mut self) {
+        if self.cache.pages.len() >= self.header.block_size as usize {
+            self.predict_aside = true;
+            self.job_copies = Vec::with_capacity(self.copies.capacity());
+        }
     }
 
     /// The reference map, once read.
     pub(crate) fn reference_map(&self) -> Option<&ReferenceMap> {
         match &self.references {
-            References::Ready(map) => Some(map),
+            References::Ready(map) => Some(map.as_ref()),
             _ => None,
         }
     }
@@ -654,7 +685,7 @@ impl BodyDecoder {
                     .moves
                     .take()
                     .ok_or_else(|| corrupt("no reference map"))?;
-                self.references = References::Ready(moves.finish()?);
+                self.references = References::Ready(Arc::new(moves.finish()?));
                 break;
             }
         }
@@ -1238,9 +1269,30 @@ impl BodyDecoder {
             .gather(old, &mut self.copies, &mut self.block[..self.block_len])?;
         if let References::Ready(map) = &self.references {
             let block_start = self.out_pos();
-            for &(from, at, len) in &self.copies {
-                let code = &mut self.block[at as usize..(at + len) as usize];
-                map.predict(code, from, block_start + u64::from(at));
+            if self.predict_aside {
+                let predictor = match &mut self.predictor {
+                    Some(p) => p,
+                    empty => empty.insert(BackgroundPredictor::spawn(Arc::clone(map))?),
+                };
+                // The cache's buffer is free until the next block's copies.
+                let mut bytes = std::mem::take(&mut self.cache.pages);
+                let mut copies = std::mem::take(&mut self.job_copies);
+                copies.clone_from(&self.copies);
+                for &(_, at, len) in &copies {
+                    let span = at as usize..(at + len) as usize;
+                    bytes[span.clone()].copy_from_slice(&self.block[span]);
+                }
+                predictor.send(Job {
+                    bytes,
+                    copies,
+                    block_start,
+                })?;
+                self.job_out = true;
+            } else {
+                for &(from, at, len) in &self.copies {
+                    let code = &mut self.block[at as usize..(at + len) as usize];
+                    map.predict(code, from, block_start + u64::from(at));
+                }
             }
         }
         self.phase = if self.header.sparse_diffs {
@@ -1325,6 +1377,22 @@ impl BodyDecoder {
     }
 
     fn finish_block(&mut self, emit: &mut Emit<'_>) -> Result<()> {
+        if self.job_out {
+            self.job_out = false;
+            let job = self
+                .predictor
+                .as_ref()
+                .ok_or_else(|| corrupt("no job"))?
+                .receive()?;
+            for &(_, at, len) in &job.copies {
+                let span = at as usize..(at + len) as usize;
+                for (byte, change) in self.block[span.clone()].iter_mut().zip(&job.bytes[span]) {
+                    *byte = byte.wrapping_add(*change);
+                }
+            }
+            self.cache.pages = job.bytes;
+            self.job_copies = job.copies;
+        }
         let offset = self.out_pos();
         let frame = self.frame.as_mut().ok_or_else(|| corrupt("no frame"))?;
         frame.out_left -= self.block_len as u64;

@@ -9,6 +9,7 @@ pub mod branches;
 mod bsdiff;
 pub mod format;
 mod inplace;
+mod predictor;
 pub mod references;
 mod vcdiff;
 

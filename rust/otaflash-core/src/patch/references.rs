@@ -490,6 +490,41 @@ impl ReferenceMap {
     /// `old_pos` to new offset `new_pos`) to point where the map says their
     /// targets went.
     pub fn predict(&self, code: &mut [u8], old_pos: u64, new_pos: u64) {
+        self.rewrite(code, old_pos, new_pos, |code, field, value| {
+            code[field.at..field.end].copy_from_slice(&value.to_le_bytes());
+        });
+    }
+
+    /// Turns `code` (as for [`Self::predict`]) into what the prediction
+    /// adds to it: per byte, the rewritten byte less the old one (mod 256),
+    /// zero wherever nothing is rewritten.
+    pub fn predict_changes(&self, code: &mut [u8], old_pos: u64, new_pos: u64) {
+        // Bytes before `zeroed` are changes already; the scan never reads
+        // them again.
+        let mut zeroed = 0;
+        self.rewrite(code, old_pos, new_pos, |code, field, value| {
+            code[zeroed..field.at].fill(0);
+            for (byte, new) in code[field.at..field.end]
+                .iter_mut()
+                .zip(value.to_le_bytes())
+            {
+                *byte = new.wrapping_sub(*byte);
+            }
+            zeroed = field.end;
+        });
+        code[zeroed..].fill(0);
+    }
+
+    /// Calls `rewrite(code, field, value)` for each reference in `code`
+    /// the map gives a new value.
+    #[inline(always)]
+    fn rewrite(
+        &self,
+        code: &mut [u8],
+        old_pos: u64,
+        new_pos: u64,
+        mut rewrite: impl FnMut(&mut [u8], Field, u32),
+    ) {
         let mut scan = FieldScan::new(self.rules, old_pos);
         while let Some(field) = scan.next(code) {
             let target = old_target(code, field, old_pos, self.rules);
@@ -506,7 +541,7 @@ impl ReferenceMap {
                 FieldKind::Absolute => Some(value_at(code, field.at).wrapping_add(moved)),
             };
             if let Some(value) = value {
-                code[field.at..field.end].copy_from_slice(&value.to_le_bytes());
+                rewrite(code, field, value);
             }
         }
     }
@@ -884,6 +919,34 @@ mod tests {
                 (14, FieldKind::Absolute)
             ]
         );
+    }
+
+    proptest::proptest! {
+        /// What `predict_changes` makes, added to the old bytes, is what
+        /// `predict` makes of them.
+        #[test]
+        fn predicted_changes_add_up_to_the_prediction(
+            code in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(vec![0xE8u8, 0x0F, 0x85, 0x8B, 0x05, 0x00, 0xF0, 0xF8]),
+                    proptest::num::u8::ANY,
+                ],
+                0..300,
+            ),
+            moves in proptest::collection::vec(proptest::num::u32::ANY, 1..16),
+            old_pos in 0u64..64,
+            new_pos in 0u64..1000,
+            thumb: bool,
+        ) {
+            let rules = Rules { x86: !thumb, thumb, absolute: Absolute::new(0x100, 1000) };
+            let map = ReferenceMap::new(6, moves, 1000, rules);
+            let mut predicted = code.clone();
+            map.predict(&mut predicted, old_pos, new_pos);
+            let mut changes = code.clone();
+            map.predict_changes(&mut changes, old_pos, new_pos);
+            let added: Vec<u8> = code.iter().zip(&changes).map(|(a, b)| a.wrapping_add(*b)).collect();
+            proptest::prop_assert_eq!(added, predicted);
+        }
     }
 
     #[test]
