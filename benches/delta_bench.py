@@ -88,32 +88,68 @@ RUN_BUDGET_S = 3.0
 MAX_RUNS = 31
 
 
+class Series:
+    """Repeated whole-process runs of one command: `warmup` unrecorded, then
+    `runs`; with a `budget`, quick commands get more runs, as many as fit it
+    (timed by the last warmup run), up to MAX_RUNS."""
+
+    def __init__(
+        self, cmd: list[str], runs: int, warmup: int, timeout: float, *, budget: float = 0.0
+    ) -> None:
+        self.cmd, self.warmup, self.timeout, self.budget = cmd, warmup, timeout, budget
+        self.total = warmup + runs
+        self.done = 0
+        self.walls: list[float] = []
+        self.rsss: list[int] = []
+        self.stderrs: list[str] = []
+
+    def pending(self) -> bool:
+        return self.done < self.total
+
+    def run_once(self) -> None:
+        wall, rss, stderr = run_timed(self.cmd, self.timeout)
+        if self.done < self.warmup:
+            if self.budget and self.done == self.warmup - 1:
+                runs = self.total - self.warmup
+                more = min(MAX_RUNS, max(runs, int(self.budget / max(wall, 1e-3))))
+                self.total = self.warmup + more
+        else:
+            self.walls.append(wall)
+            self.rsss.append(rss)
+            self.stderrs.append(stderr)
+        self.done += 1
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "cmd": self.cmd,
+            "wall": statistics.median(self.walls),
+            "wall_min": min(self.walls),
+            "wall_max": max(self.walls),
+            "runs": len(self.walls),
+            "rss_mib": statistics.median(self.rsss) / 1024,
+            "stderr": self.stderrs,
+        }
+
+
 def measure(
     cmd: list[str], runs: int, warmup: int, timeout: float, *, budget: float = 0.0
 ) -> dict[str, Any]:
-    """Medians of `runs` runs after `warmup` ones; with a `budget`, quick
-    commands run more often, as many times as fit it (timed by the warmup)."""
-    walls, rsss, stderrs = [], [], []
-    i, total = 0, warmup + runs
-    while i < total:
-        wall, rss, stderr = run_timed(cmd, timeout)
-        if i < warmup:
-            if budget and i == warmup - 1:
-                total = warmup + min(MAX_RUNS, max(runs, int(budget / max(wall, 1e-3))))
-        else:
-            walls.append(wall)
-            rsss.append(rss)
-            stderrs.append(stderr)
-        i += 1
-    return {
-        "cmd": cmd,
-        "wall": statistics.median(walls),
-        "wall_min": min(walls),
-        "wall_max": max(walls),
-        "runs": len(walls),
-        "rss_mib": statistics.median(rsss) / 1024,
-        "stderr": stderrs,
-    }
+    """Medians of `runs` runs after `warmup` ones (see Series)."""
+    series = Series(cmd, runs, warmup, timeout, budget=budget)
+    while series.pending():
+        series.run_once()
+    return series.result()
+
+
+def interleave(series: list[Series]) -> None:
+    """Runs every series to its end in rounds, one run of each per round:
+    on a shared machine the load drifts over seconds, and tools timed one
+    after another met different loads (ruff's hpatchz 0.091 s in one run,
+    0.107 s in another, while ours stayed at 0.112 s)."""
+    while any(s.pending() for s in series):
+        for s in series:
+            if s.pending():
+                s.run_once()
 
 
 class Tool:
@@ -288,7 +324,11 @@ def bench_pair(  # noqa: PLR0917
     big = size > BIG
     out_rows: dict[str, Any] = {}
     patch = ""
-    for tool in rows:
+    # First every patch is made (a large pair's creates run once: they take
+    # seconds), then every apply (and a small pair's further creates) runs
+    # interleaved with the others, so all meet the same machine load.
+    planned: list[tuple[Tool, str, str, Series | None, Series]] = []
+    for index, tool in enumerate(rows):
         if only and not any(s in tool.name for s in only):
             patch = ""
             continue
@@ -297,19 +337,32 @@ def bench_pair(  # noqa: PLR0917
             continue
         print(f"[{name}] {tool.name} ...", file=sys.stderr, flush=True)
         try:
-            create = None
+            creates = None
             if tool.create is not None:
                 patch = str(work / f"{name}.{tool.ext}")
-                create = measure(tool.create(old, new, patch), 1 if big else runs, 0, timeout)
+                creates = Series(tool.create(old, new, patch), 1 if big else runs, 0, timeout)
+                creates.run_once()
             if not patch or not os.path.exists(patch):
                 continue
-            out = str(work / f"{name}.{tool.ext}.out")
-            apply = measure(tool.apply(old, patch, out), runs, 1, timeout, budget=RUN_BUDGET_S)
-            identical = Path(out).read_bytes() == new_bytes
-            os.unlink(out)
+            # One output per row: rows that share a patch run interleaved.
+            out = str(work / f"{name}.{index}.out")
+            applies = Series(tool.apply(old, patch, out), runs, 1, timeout, budget=RUN_BUDGET_S)
+            applies.run_once()
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             out_rows[tool.name] = {"tool": tool.name, "error": str(e)[:300]}
             continue
+        planned.append((tool, patch, out, creates, applies))
+    try:
+        interleave([s for *_, c, a in planned for s in (c, a) if s is not None])
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        for tool, *_ in planned:
+            out_rows[tool.name] = {"tool": tool.name, "error": str(e)[:300]}
+        return {"old_bytes": os.path.getsize(old), "new_bytes": size, "rows": out_rows}
+    for tool, patch, out, create_series, apply_series in planned:
+        create = create_series.result() if create_series else None
+        apply = apply_series.result()
+        identical = Path(out).read_bytes() == new_bytes
+        os.unlink(out)
         row: dict[str, Any] = {
             "tool": tool.name,
             "ours": tool.ours,
@@ -329,7 +382,8 @@ def bench_pair(  # noqa: PLR0917
             row["working_set"] = stats[0]["working_set"]
         out_rows[tool.name] = row
         print(
-            f"    {row['patch_bytes']} B, create {create['wall'] if create else 0:.3f}s, "
+            f"[{name}] {tool.name}: {row['patch_bytes']} B, "
+            f"create {create['wall'] if create else 0:.3f}s, "
             f"apply {apply['wall']:.4f}s {apply['rss_mib']:.1f} MiB, identical={identical}",
             file=sys.stderr,
             flush=True,
