@@ -1074,7 +1074,13 @@ fn put_reference_map(body: &mut Vec<u8>, map: &ReferenceMap, opts: &DiffOptions)
             } else {
                 1 << opts.window_log
             };
-            let mut stream = lzma2_encoder(dict, opts, 0, None)?;
+            // As for frames: no bigger than the moves (a small image's map
+            // is a few KB, and a 2 MiB match finder took milliseconds to
+            // set up), which decode with the full dictionary all the same.
+            let fits = (moves.len() as u64)
+                .next_power_of_two()
+                .min(u64::from(dict));
+            let mut stream = lzma2_encoder(fits as u32, opts, 0, None)?;
             let mut out = Vec::new();
             lzma2_encode(&mut stream, &moves, &mut out, Action::Finish)?;
             out
