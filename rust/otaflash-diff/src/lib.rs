@@ -341,19 +341,10 @@ pub fn diff_with(
             best_records = records;
         }
     }
-    if map_trial {
-        // The best threshold's records with the map that leaves the fewest
-        // differences, against the same without a map.
-        let map = best_map(old, new, &records_by_threshold[best_records], &maps.rules);
-        let frames = build_frames(
-            old,
-            new,
-            &records_by_threshold[best_records],
-            opts,
-            diffs,
-            x86,
-            map.as_ref(),
-        )?;
+    // One more candidate from the best threshold's records.
+    let records = &records_by_threshold[best_records];
+    let mut trial = |x86: bool, map: Option<ReferenceMap>| -> Result<Candidate> {
+        let frames = build_frames(old, new, records, opts, diffs, x86, map.as_ref())?;
         let compressed = compress_frames(
             &frames.iter().collect::<Vec<_>>(),
             opts,
@@ -363,29 +354,15 @@ pub fn diff_with(
             &monitor,
             progress,
         )?;
-        Candidate::new(frames, compressed, x86, map, opts)?.replaces(&mut best);
+        Candidate::new(frames, compressed, x86, map, opts)
+    };
+    if map_trial {
+        // The map that leaves the fewest differences, against no map.
+        trial(x86, best_map(old, new, records, &maps.rules))?.replaces(&mut best);
     }
     if try_x86 {
         let map = best.as_ref().and_then(|b| b.map.clone());
-        let frames = build_frames(
-            old,
-            new,
-            &records_by_threshold[best_records],
-            opts,
-            diffs,
-            true,
-            map.as_ref(),
-        )?;
-        let compressed = compress_frames(
-            &frames.iter().collect::<Vec<_>>(),
-            opts,
-            effort,
-            |_| lc_for(true),
-            threads,
-            &monitor,
-            progress,
-        )?;
-        Candidate::new(frames, compressed, true, map, opts)?.replaces(&mut best);
+        trial(true, map)?.replaces(&mut best);
     }
     if rerank && let Some(b) = best.as_mut() {
         // The winner at the requested level. Small LZMA2 images also try a
