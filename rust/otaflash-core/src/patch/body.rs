@@ -3,6 +3,8 @@
 //! its record table, a small staging buffer, the old-image read cache and the
 //! zstd window.
 
+use std::sync::Arc;
+
 use liblzma::stream::{Action, Filters, LzmaOptions, Status, Stream};
 use zstd::zstd_safe::{self, DCtx, DParameter, InBuffer, OutBuffer, ResetDirective};
 
@@ -12,8 +14,6 @@ use super::format::{
 };
 use super::predictor::{BackgroundPredictor, Job};
 use super::references::{MovesReader, ReferenceMap, Rules};
-use std::sync::Arc;
-
 use crate::io::ReadAt;
 use crate::{Error, Result};
 
@@ -528,7 +528,8 @@ impl BodyDecoder {
             (0, _) => References::None,
             (pages, Some(map)) if map.pages() == pages as usize => References::Ready(Arc::new(map)),
             (_, None) if pos.body_pos == 0 => References::Reading(Box::new(MapReading {
-                head: Vec::with_capacity(11),
+                // page_log, rules and two varints.
+                head: Vec::with_capacity(22),
                 comp_left: None,
                 crc: crc32fast::Hasher::new(),
                 stored_crc: Vec::with_capacity(4),
