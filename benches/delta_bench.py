@@ -131,16 +131,6 @@ class Series:
         }
 
 
-def measure(
-    cmd: list[str], runs: int, warmup: int, timeout: float, *, budget: float = 0.0
-) -> dict[str, Any]:
-    """Medians of `runs` runs after `warmup` ones (see Series)."""
-    series = Series(cmd, runs, warmup, timeout, budget=budget)
-    while series.pending():
-        series.run_once()
-    return series.result()
-
-
 def interleave(series: list[Series]) -> None:
     """Runs every series to its end in rounds, one run of each per round:
     on a shared machine the load drifts over seconds, and tools timed one

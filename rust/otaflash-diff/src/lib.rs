@@ -1069,7 +1069,7 @@ fn put_reference_map(body: &mut Vec<u8>, map: &ReferenceMap, opts: &DiffOptions)
     if rules.version() >= 6 {
         body.push(rules.byte());
     }
-    format::put_varint(body, rules.absolute.map_or(0, |a| u64::from(a.first)));
+    format::put_varint(body, u64::from(rules.first()));
     format::put_varint(body, payload.len() as u64);
     body.extend_from_slice(&payload);
     let crc = crc32fast::hash(&body[start..]);

@@ -257,8 +257,7 @@ impl Checkpoint {
             b.push(map.page_log());
             b.extend_from_slice(&(map.pages() as u32).to_le_bytes());
             let rules = map.rules();
-            let first = rules.absolute.map_or(0, |a| a.first);
-            b.extend_from_slice(&first.to_le_bytes());
+            b.extend_from_slice(&rules.first().to_le_bytes());
             b.push(rules.byte());
             b.extend_from_slice(&(moves.len() as u32).to_le_bytes());
             b.extend_from_slice(&moves);
@@ -384,9 +383,9 @@ impl OutputHash {
     }
 }
 
-/// Images of fewer blocks than this are hashed inline: a thread would cost
-/// more than it saves.
-const HASH_THREAD_MIN_BLOCKS: u64 = 4;
+/// Images of fewer blocks than this are hashed and predicted inline: a
+/// thread would cost more than it saves.
+const HELPER_MIN_BLOCKS: u64 = 4;
 
 /// The threads that work beside the decoder, chosen once per apply: each
 /// needs a second core and room under the working-set limit (the new
@@ -404,8 +403,7 @@ impl Helpers {
         let block = header.block_size as usize;
         let second_core = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
         let mut working_set = body::working_set(header, options.read_cache);
-        let blocks_enough =
-            header.new_size >= HASH_THREAD_MIN_BLOCKS * u64::from(header.block_size);
+        let blocks_enough = header.new_size >= HELPER_MIN_BLOCKS * u64::from(header.block_size);
         let hash_thread = options.hash_thread
             && second_core
             && blocks_enough

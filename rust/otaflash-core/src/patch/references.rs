@@ -147,6 +147,11 @@ impl Rules {
         })
     }
 
+    /// The address of old offset 0, or 0 without absolute addresses.
+    pub fn first(self) -> u32 {
+        self.absolute.map_or(0, |a| a.first)
+    }
+
     /// The rules byte.
     pub fn byte(self) -> u8 {
         let bit = |set: bool, bit: u8| if set { bit } else { 0 };
@@ -418,7 +423,7 @@ pub fn old_target(code: &[u8], field: Field, old_pos: u64, rules: Rules) -> i64 
     match field.kind {
         FieldKind::Relative => end + i64::from(value as i32),
         FieldKind::Thumb => end + i64::from(thumb_offset(value)),
-        FieldKind::Absolute => i64::from(value.wrapping_sub(rules.absolute.map_or(0, |a| a.first))),
+        FieldKind::Absolute => i64::from(value.wrapping_sub(rules.first())),
     }
 }
 
@@ -430,10 +435,11 @@ pub fn seen_move(field: Field, value: u32, new_end: u64, target: i64, rules: Rul
     match field.kind {
         FieldKind::Relative => Some(from_end(value as i32)),
         FieldKind::Thumb => is_thumb_branch(value).then(|| from_end(thumb_offset(value))),
-        FieldKind::Absolute => {
-            let first = rules.absolute.map_or(0, |a| a.first);
-            Some(value.wrapping_sub(first).wrapping_sub(target as u32))
-        }
+        FieldKind::Absolute => Some(
+            value
+                .wrapping_sub(rules.first())
+                .wrapping_sub(target as u32),
+        ),
     }
 }
 
@@ -851,7 +857,7 @@ mod tests {
             thumb(Absolute::new(0, size)),
             thumb(Absolute::new(0x2_3000, size)),
         ] {
-            let first = rules.absolute.map_or(0, |a| u64::from(a.first));
+            let first = u64::from(rules.first());
             assert_eq!(Rules::decode(rules.byte(), first, size).unwrap(), rules);
         }
         // x86 maps with addresses from 0 (which version 5 cannot say) and
