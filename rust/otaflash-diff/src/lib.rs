@@ -291,14 +291,10 @@ pub fn diff_with(
     // (if they look like x86 code at all).
     let try_x86 = small && opts.x86_branches.is_none() && looks_like_x86(new);
     // Progress counts new bytes matched, then new bytes compressed, per pass.
-    let lc_for = |x86: bool| LC_PAIRS[usize::from(x86)][1];
-    let lc_trials = small && opts.compression == Compression::Lzma2;
+    let lc_for = |x86: bool| frame_lc(x86, small);
     // Matching and compressing per threshold, then the map trial.
     let map_trial = maps.plain && !maps.rules.is_empty();
-    let passes = (thresholds.len() * 2
-        + usize::from(map_trial)
-        + usize::from(try_x86)
-        + usize::from(lc_trials)) as u64;
+    let passes = (thresholds.len() * 2 + usize::from(map_trial) + usize::from(try_x86)) as u64;
     let monitor = Monitor::new(new.len() as u64 * (passes + 1) + 1);
     // With several candidates, rank them by a fast zstd level and compress
     // only the winner at the requested level.
@@ -365,33 +361,18 @@ pub fn diff_with(
         trial(true, map)?.replaces(&mut best);
     }
     if rerank && let Some(b) = best.as_mut() {
-        // The winner at the requested level. Small LZMA2 images also try a
-        // second literal context setting and keep the smaller of each frame
-        // (greatfet packs best with 1 bit, nrf52 with 0).
-        let lcs = if lc_trials {
-            LC_PAIRS[usize::from(b.x86)].as_slice()
-        } else {
-            std::slice::from_ref(&LC_PAIRS[usize::from(b.x86)][1])
-        };
-        let count = b.frames.len();
-        let frames: Vec<&Frame> = lcs.iter().flat_map(|_| &b.frames).collect();
-        let tried = compress_frames(
+        // The winner at the requested level.
+        let lc = lc_for(b.x86);
+        let frames: Vec<&Frame> = b.frames.iter().collect();
+        b.compressed = compress_frames(
             &frames,
             opts,
             Effort::Final,
-            |i| lcs[i / count],
+            |_| lc,
             threads,
             &monitor,
             progress,
         )?;
-        let mut smallest: Vec<Option<Vec<u8>>> = vec![None; count];
-        for (i, payload) in tried.into_iter().enumerate() {
-            let slot = &mut smallest[i % count];
-            if slot.as_ref().is_none_or(|s| payload.len() < s.len()) {
-                *slot = Some(payload);
-            }
-        }
-        b.compressed = smallest.into_iter().flatten().collect();
     }
     let Candidate {
         frames,
@@ -508,7 +489,7 @@ fn pick_matching(
         build_frames(old, sample, records, &ranking, Diffs::SkipZeros, x86, None)?
             .iter()
             .map(|f| {
-                compress_one(f, &ranking, Effort::Final, LC_PAIRS[0][1]).map(|c| c.len() as u64)
+                compress_one(f, &ranking, Effort::Final, LC_DIFFERENCES).map(|c| c.len() as u64)
             })
             .sum()
     };
@@ -572,11 +553,24 @@ fn looks_like_x86(image: &[u8]) -> bool {
 /// Fewer E8 bytes than this say nothing either way: try the transform.
 const X86_MIN_CALLS: u64 = 64;
 
-/// LZMA2 literal context bits, the usual setting second: difference bytes
-/// depend little on the byte before (1); x86 code literals do (4: -0.4 % on
-/// shellcheck and ruff). Small images also try the first per frame (nrf52:
-/// 0, -4 %).
-const LC_PAIRS: [[u32; 2]; 2] = [[0, 1], [3, 4]];
+/// LZMA2 literal context bits for difference bytes, which depend little on
+/// the byte before.
+const LC_DIFFERENCES: u32 = 1;
+
+/// LZMA2 literal context bits for a frame's stream (a split frame's
+/// literals): x86 code literals depend on the byte before (4: -0.4 % on
+/// shellcheck and ruff); a small firmware image's one stream, mostly
+/// literals of Thumb code and records once its references are predicted,
+/// packs best with none (nrf52 -4 %, greatfet -0.5 % against 1). Trying
+/// both per frame cost greatfet's LZMA2 diff 10 % of its time: a second
+/// encoder beside the first, for nothing once its map made 0 the better.
+fn frame_lc(x86: bool, small: bool) -> u32 {
+    match (x86, small) {
+        (true, _) => 4,
+        (false, true) => 0,
+        (false, false) => LC_DIFFERENCES,
+    }
+}
 /// A split frame's records stream: varints, whose next byte the previous
 /// one's continuation bit predicts (ruff -0.27 % against 0).
 const LC_RECORDS: u32 = 1;
@@ -1295,7 +1289,7 @@ fn compress_lzma2(raw: &[u8], opts: &DiffOptions, lc: u32) -> Result<Vec<u8>> {
 /// (flushed, so it decodes to that block's part; the last block ends the
 /// streams). Literals get `lc`.
 fn compress_lzma2_split(frame: &Frame, opts: &DiffOptions, lc: u32) -> Result<Vec<u8>> {
-    let lcs = [LC_RECORDS, LC_PAIRS[0][1], lc];
+    let lcs = [LC_RECORDS, LC_DIFFERENCES, lc];
     let dictionaries = format::split_dictionaries(opts.window_log);
     let mut streams = Vec::with_capacity(3);
     for (dict, lc) in dictionaries.into_iter().zip(lcs) {
