@@ -304,18 +304,28 @@ pub fn diff_with(
     // one pass: a small image's candidates (one frame each) run in parallel.
     let mut records_by_threshold =
         matcher::find_records(&sa, old, new, threads, thresholds, &monitor, progress)?;
-    let mut built = Vec::new();
-    for (t, records) in records_by_threshold.iter_mut().enumerate() {
-        if opts.kind == Kind::InPlace {
+    if opts.kind == Kind::InPlace {
+        for records in &mut records_by_threshold {
             *records = matcher::restrict_in_place(records, opts.block_size, shift);
         }
-        let map = match maps.plain {
-            true => None,
-            false => best_map(old, new, records, &maps.rules),
-        };
-        let frames = build_frames(old, new, records, opts, diffs, x86, map.as_ref())?;
-        built.push((t, map, frames));
     }
+    // Each threshold's frames on a thread of their own (a small image's
+    // take milliseconds each).
+    let built = parallel_map(
+        records_by_threshold.len(),
+        threads,
+        &Monitor::new(1),
+        &mut NoProgress,
+        |t| {
+            let records = &records_by_threshold[t];
+            let map = match maps.plain {
+                true => None,
+                false => best_map(old, new, records, &maps.rules, 1)?,
+            };
+            let frames = build_frames(old, new, records, opts, diffs, x86, map.as_ref())?;
+            Ok((t, map, frames))
+        },
+    )?;
     let all_frames: Vec<&Frame> = built.iter().flat_map(|(_, _, f)| f).collect();
     let mut payloads = compress_frames(
         &all_frames,
@@ -354,7 +364,7 @@ pub fn diff_with(
     };
     if map_trial {
         // The map that leaves the fewest differences, against no map.
-        trial(x86, best_map(old, new, records, &maps.rules))?.replaces(&mut best);
+        trial(x86, best_map(old, new, records, &maps.rules, threads)?)?.replaces(&mut best);
     }
     if try_x86 {
         let map = best.as_ref().and_then(|b| b.map.clone());
@@ -945,12 +955,18 @@ fn map_candidates(old: &[u8], new: &[u8], opts: &DiffOptions, small: bool) -> Re
 /// Of maps by `rules`, the one whose predictions leave the fewest copied
 /// bytes different from the new image (counting is a fraction of the cost
 /// of building and compressing each: greatfet's diff 48 → 36 ms).
-fn best_map(old: &[u8], new: &[u8], records: &[Record], rules: &[Rules]) -> Option<ReferenceMap> {
+fn best_map(
+    old: &[u8],
+    new: &[u8],
+    records: &[Record],
+    rules: &[Rules],
+    threads: usize,
+) -> Result<Option<ReferenceMap>> {
     if let [only] = rules {
-        return Some(reference_map(old, new, records, *only));
+        return Ok(Some(reference_map(old, new, records, *only)));
     }
-    let mut predicted = Vec::new();
-    let mut differing = |map: &ReferenceMap| {
+    let differing = |map: &ReferenceMap| {
+        let mut predicted = Vec::new();
         let mut at = 0;
         let mut count = 0;
         for r in records {
@@ -967,10 +983,21 @@ fn best_map(old: &[u8], new: &[u8], records: &[Record], rules: &[Rules]) -> Opti
         }
         count
     };
-    rules
-        .iter()
-        .map(|&r| reference_map(old, new, records, r))
-        .min_by_key(|map| differing(map))
+    // The candidates are scored in parallel; of equal scores the first wins.
+    let scored = parallel_map(
+        rules.len(),
+        threads,
+        &Monitor::new(1),
+        &mut NoProgress,
+        |i| {
+            let map = reference_map(old, new, records, rules[i]);
+            Ok((differing(&map), map))
+        },
+    )?;
+    Ok(scored
+        .into_iter()
+        .min_by_key(|(count, _)| *count)
+        .map(|(_, map)| map))
 }
 
 /// Where a Cortex-M image whose vector table begins both images may be
