@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from otaflash import delta
+from otaflash import _core, delta
 from otaflash.cli import main
 from otaflash.errors import (
     CorruptPatchError,
@@ -124,6 +124,10 @@ def test_lzma2_patches_are_smaller_and_apply_the_same(
         assert record["record_columns"] is True
         # Small images carry no reference map, so version 3 appliers read them.
         assert (record["reference_pages"], record["version"]) == (0, 3)
+        assert record["references"] == "none"
+        # The patch's first bytes say as much as the whole.
+        head = patch_p.read_bytes()[: _core.PATCH_HEADER_MAX]
+        assert delta.patch_info(head).fields == delta.patch_info(patch_p).fields
         sizes[codec] = patch_p.stat().st_size
         assert main(["patch", str(old_p), str(patch_p), "-o", str(out_p)]) == 0
         capsys.readouterr()

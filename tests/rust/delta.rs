@@ -9,7 +9,7 @@ use otaflash_core::inplace::InPlaceTarget;
 use otaflash_core::io::{FileSource, ReadAt};
 use otaflash_core::patch::format::{DiffMode, FrameHeader, Header, get_varint};
 use otaflash_core::patch::{
-    Applier, ApplyOptions, ApplyReport, Compression, OldCheck, apply_in_place,
+    Applier, ApplyOptions, ApplyReport, Compression, OldCheck, apply_in_place, reference_rules,
 };
 use otaflash_core::progress::NoProgress;
 use otaflash_core::{Error, Result};
@@ -332,6 +332,14 @@ fn reference_maps_predict_moved_calls_and_round_trip() {
             (5, 3)
         );
         assert!(header.reference_pages > 0);
+        let named = reference_rules(&with, &header)
+            .unwrap()
+            .map(|r| r.to_string());
+        assert_eq!(named.as_deref(), Some("x86-64 relative"));
+        assert_eq!(
+            reference_rules(&without, &Header::decode(&without).unwrap()).unwrap(),
+            None
+        );
         // Most calls moved with their targets' pages: far fewer differences.
         assert_applies_and_shrinks(&old, &new, &with, &without, compression);
     }
@@ -381,7 +389,17 @@ fn reference_maps_move_absolute_addresses_in_position_dependent_executables() {
     let unplaced = |image: &[u8]| [&[0u8; 120][..], &image[120..]].concat();
     for compression in [Compression::Zstd, Compression::Lzma2] {
         let with = diff(&old, &new, &mapped(compression)).unwrap();
-        assert_eq!(Header::decode(&with).unwrap().version, 5);
+        let header = Header::decode(&with).unwrap();
+        assert_eq!(header.version, 5);
+        let named = reference_rules(&with, &header)
+            .unwrap()
+            .map(|r| r.to_string());
+        assert!(
+            named
+                .as_deref()
+                .is_some_and(|n| n.starts_with("x86-64 relative, addresses from 0x")),
+            "{named:?}"
+        );
         let without = diff(&unplaced(&old), &unplaced(&new), &mapped(compression)).unwrap();
         assert_eq!(
             apply_chunked(&unplaced(&old), &without, without.len()).unwrap(),
@@ -440,6 +458,17 @@ fn cortex_m_firmware_gets_a_thumb_map_at_its_load_address() {
         // Thumb and absolute rules, addresses from the reset handler's 4 KiB.
         let (_, rules, first, _) = map_section(&with);
         assert_eq!((rules, first), (Some(6), u64::from(THUMB_BASE)));
+        // As `patch-info` names them, from the patch's first bytes only.
+        let head = &with[..with.len().min(otaflash_core::patch::INFO_HEAD_MAX)];
+        let named = reference_rules(head, &header)
+            .unwrap()
+            .map(|r| r.to_string());
+        assert_eq!(
+            named.as_deref(),
+            Some("Thumb-2 branches, addresses from 0x23000")
+        );
+        let cut = &with[..header.encoded_len() + 2];
+        assert_eq!(reference_rules(cut, &header).unwrap(), None);
         let plain = DiffOptions {
             references: Some(false),
             ..DiffOptions::with_compression(compression)

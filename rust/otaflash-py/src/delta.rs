@@ -218,7 +218,8 @@ pub fn apply_file(
     Ok(report(result))
 }
 
-/// Describes a patch from its first bytes (`PATCH_HEADER_MAX` suffice): a dict of fields.
+/// Describes a patch from its first bytes (`PATCH_HEADER_MAX` suffice: the
+/// header and its reference map's head): a dict of fields.
 #[pyfunction]
 pub fn patch_info<'py>(head: &Bound<'py, PyAny>) -> OtaResult<Bound<'py, PyDict>> {
     let view = ByteView::new(head)?;
@@ -248,6 +249,13 @@ pub fn patch_info<'py>(head: &Bound<'py, PyAny>) -> OtaResult<Bound<'py, PyDict>
             d.set_item("split_streams", h.split_streams)?;
             d.set_item("record_columns", h.record_columns)?;
             d.set_item("reference_pages", h.reference_pages)?;
+            // None: the bytes given end inside the map's head.
+            let references = match patch::reference_rules(view.as_bytes(), &h)? {
+                Some(rules) => Some(rules.to_string()),
+                None if h.reference_pages == 0 => Some("none".to_string()),
+                None => None,
+            };
+            d.set_item("references", references)?;
             d.set_item("old_size", h.old_size)?;
             d.set_item("new_size", h.new_size)?;
             d.set_item("old_sha256", hex(&h.old_sha256))?;

@@ -49,9 +49,6 @@ mod _core {
             .replace("-beta.", "b")
             .replace("-rc.", "rc");
         m.add("__version__", version)?;
-        m.add(
-            "PATCH_HEADER_MAX",
-            otaflash_core::patch::format::MAX_HEADER_LEN,
-        )
+        m.add("PATCH_HEADER_MAX", otaflash_core::patch::INFO_HEAD_MAX)
     }
 }

@@ -346,6 +346,57 @@ struct MapReading {
     codec_done: bool,
 }
 
+/// A reference map's head (docs/patch-format.md section 3.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapHead {
+    pub page_log: u8,
+    pub rules: Rules,
+    /// Bytes of the compressed moves that follow.
+    pub comp_len: u64,
+}
+
+/// The most bytes a map head takes: page_log, the rules byte and two varints.
+pub const MAX_MAP_HEAD_LEN: usize = 2 + 2 * 10;
+
+impl MapHead {
+    /// The head at the start of `bytes` (the body's first bytes), or None
+    /// while they end inside it: `page_log:u8`, in version 6 the rules byte,
+    /// in versions 5 and 6 the address of old offset 0, the compressed length.
+    pub fn parse(bytes: &[u8], header: &Header) -> Result<Option<Self>> {
+        let Some(&page_log) = bytes.first() else {
+            return Ok(None);
+        };
+        let fixed = if header.version >= 6 { 2 } else { 1 };
+        let wanted = if header.version >= 5 { 2 } else { 1 };
+        let mut fields = [0u64; 2];
+        let (mut at, mut parsed) = (fixed, 0);
+        // (get_varint refuses a varint longer than 10 bytes.)
+        while parsed < wanted && at < bytes.len() {
+            let Some((value, n)) = get_varint(&bytes[at..])? else {
+                break;
+            };
+            fields[parsed] = value;
+            (at, parsed) = (at + n, parsed + 1);
+        }
+        if parsed < wanted {
+            return Ok(None);
+        }
+        let (rules, comp_len) = match header.version {
+            6.. => (
+                Rules::decode(bytes[1], fields[0], header.old_size)?,
+                fields[1],
+            ),
+            5 => (Rules::x86(fields[0], header.old_size)?, fields[1]),
+            _ => (Rules::x86(0, header.old_size)?, fields[0]),
+        };
+        Ok(Some(Self {
+            page_log,
+            rules,
+            comp_len,
+        }))
+    }
+}
+
 /// The patch's reference map: none, being read, or read.
 enum References {
     None,
@@ -600,30 +651,13 @@ impl BodyDecoder {
             let Some(left) = map.comp_left else {
                 map.head.push(rest[0]);
                 used += 1;
-                // page_log, (version 6) the rules byte, (versions 5 and 6)
-                // the address of old offset 0, the compressed length.
-                let bytes = if header.version >= 6 { 2 } else { 1 };
-                let wanted = if header.version >= 5 { 2 } else { 1 };
-                let mut fields = [0u64; 2];
-                let (mut at, mut parsed) = (bytes, 0);
-                // (get_varint refuses a varint longer than 10 bytes.)
-                while parsed < wanted && at < map.head.len() {
-                    let Some((value, n)) = get_varint(&map.head[at..])? else {
-                        break;
-                    };
-                    fields[parsed] = value;
-                    (at, parsed) = (at + n, parsed + 1);
-                }
-                if parsed < wanted {
+                let Some(MapHead {
+                    page_log,
+                    rules,
+                    comp_len,
+                }) = MapHead::parse(&map.head, header)?
+                else {
                     continue;
-                }
-                let (rules, comp_len) = match header.version {
-                    6.. => (
-                        Rules::decode(map.head[1], fields[0], header.old_size)?,
-                        fields[1],
-                    ),
-                    5 => (Rules::x86(fields[0], header.old_size)?, fields[1]),
-                    _ => (Rules::x86(0, header.old_size)?, fields[0]),
                 };
                 let pages = u64::from(header.reference_pages);
                 if comp_len == 0 || comp_len > pages * 5 + pages / 128 + 1024 {
@@ -631,12 +665,7 @@ impl BodyDecoder {
                         "its reference map of {pages} pages declares {comp_len} bytes"
                     )));
                 }
-                map.moves = Some(MovesReader::new(
-                    map.head[0],
-                    pages,
-                    header.old_size,
-                    rules,
-                )?);
+                map.moves = Some(MovesReader::new(page_log, pages, header.old_size, rules)?);
                 map.crc.update(&map.head);
                 map.comp_left = Some(comp_len);
                 continue;

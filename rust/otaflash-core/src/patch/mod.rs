@@ -43,6 +43,21 @@ pub fn inspect(head: &[u8]) -> crate::Result<PatchSummary> {
     Ok(PatchSummary::Otaflash(Header::decode(head)?))
 }
 
+/// First bytes that say all [`inspect`] and [`reference_rules`] tell: an
+/// otaflash header and its reference map's head.
+pub const INFO_HEAD_MAX: usize = format::MAX_HEADER_LEN + body::MAX_MAP_HEAD_LEN;
+
+/// What an otaflash patch's reference map looks for (section 3.2's rules),
+/// from the patch's first bytes ([`INFO_HEAD_MAX`] suffice): None when it
+/// has no map or `head` ends inside the map's head.
+pub fn reference_rules(head: &[u8], header: &Header) -> crate::Result<Option<references::Rules>> {
+    if header.reference_pages == 0 {
+        return Ok(None);
+    }
+    let body = head.get(header.encoded_len()..).unwrap_or_default();
+    Ok(body::MapHead::parse(body, header)?.map(|h| h.rules))
+}
+
 /// How many first bytes of a patch make its header, known from the first
 /// [`format::PREFIX_LEN`]: BSDIFF40's 32, ours from its length byte, VCDIFF
 /// none beyond the prefix (it is read as it comes). Foreign or unreadable

@@ -102,6 +102,24 @@ pub struct Rules {
     pub absolute: Option<Absolute>,
 }
 
+/// How `patch-info` names a map's rules: "x86-64 relative", "Thumb-2
+/// branches", "addresses from 0x23000", joined by commas.
+impl std::fmt::Display for Rules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if self.x86 {
+            parts.push("x86-64 relative".to_string());
+        }
+        if self.thumb {
+            parts.push("Thumb-2 branches".to_string());
+        }
+        if let Some(a) = self.absolute {
+            parts.push(format!("addresses from {:#x}", a.first));
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
 impl Rules {
     const X86: u8 = 1;
     const THUMB: u8 = 2;
