@@ -311,21 +311,15 @@ pub fn diff_with(
     }
     // Each threshold's frames on a thread of their own (a small image's
     // take milliseconds each).
-    let built = parallel_map(
-        records_by_threshold.len(),
-        threads,
-        &Monitor::new(1),
-        &mut NoProgress,
-        |t| {
-            let records = &records_by_threshold[t];
-            let map = match maps.plain {
-                true => None,
-                false => best_map(old, new, records, &maps.rules, 1)?,
-            };
-            let frames = build_frames(old, new, records, opts, diffs, x86, map.as_ref())?;
-            Ok((t, map, frames))
-        },
-    )?;
+    let built = parallel_quietly(records_by_threshold.len(), threads, |t| {
+        let records = &records_by_threshold[t];
+        let map = match maps.plain {
+            true => None,
+            false => best_map(old, new, records, &maps.rules, 1)?,
+        };
+        let frames = build_frames(old, new, records, opts, diffs, x86, map.as_ref())?;
+        Ok((t, map, frames))
+    })?;
     let all_frames: Vec<&Frame> = built.iter().flat_map(|(_, _, f)| f).collect();
     let mut payloads = compress_frames(
         &all_frames,
@@ -984,16 +978,10 @@ fn best_map(
         count
     };
     // The candidates are scored in parallel; of equal scores the first wins.
-    let scored = parallel_map(
-        rules.len(),
-        threads,
-        &Monitor::new(1),
-        &mut NoProgress,
-        |i| {
-            let map = reference_map(old, new, records, rules[i]);
-            Ok((differing(&map), map))
-        },
-    )?;
+    let scored = parallel_quietly(rules.len(), threads, |i| {
+        let map = reference_map(old, new, records, rules[i]);
+        Ok((differing(&map), map))
+    })?;
     Ok(scored
         .into_iter()
         .min_by_key(|(count, _)| *count)
@@ -1226,6 +1214,15 @@ fn compress_frames(
             .fetch_add(u64::from(frame.out_len), Ordering::Relaxed);
         compressed
     })
+}
+
+/// [`parallel_map`] for work too short to report progress on.
+pub(crate) fn parallel_quietly<T: Send>(
+    count: usize,
+    threads: usize,
+    work: impl Fn(usize) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    parallel_map(count, threads, &Monitor::new(1), &mut NoProgress, work)
 }
 
 /// `work(0..count)` on up to `threads` threads, results in order; stops
