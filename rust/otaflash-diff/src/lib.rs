@@ -325,7 +325,7 @@ pub fn diff_with(
         &all_frames,
         opts,
         effort,
-        |_| lc_for(x86),
+        lc_for(x86),
         threads,
         &monitor,
         progress,
@@ -349,7 +349,7 @@ pub fn diff_with(
             &frames.iter().collect::<Vec<_>>(),
             opts,
             effort,
-            |_| lc_for(x86),
+            lc_for(x86),
             threads,
             &monitor,
             progress,
@@ -366,13 +366,12 @@ pub fn diff_with(
     }
     if rerank && let Some(b) = best.as_mut() {
         // The winner at the requested level.
-        let lc = lc_for(b.x86);
         let frames: Vec<&Frame> = b.frames.iter().collect();
         b.compressed = compress_frames(
             &frames,
             opts,
             Effort::Final,
-            |_| lc,
+            lc_for(b.x86),
             threads,
             &monitor,
             progress,
@@ -1195,20 +1194,20 @@ fn run_diffs(diffs: &[u8], block_len: u64, min_gap: usize) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Compresses every frame in parallel, frame `i` with `lc(i)` literal
-/// context bits (LZMA2).
+/// Compresses every frame in parallel, with `lc` literal context bits
+/// (LZMA2).
 fn compress_frames(
     frames: &[&Frame],
     opts: &DiffOptions,
     effort: Effort,
-    lc: impl Fn(usize) -> u32 + Sync,
+    lc: u32,
     threads: usize,
     monitor: &Monitor,
     progress: &mut dyn Progress,
 ) -> Result<Vec<Vec<u8>>> {
     parallel_map(frames.len(), threads, monitor, progress, |i| {
         let frame = &frames[i];
-        let compressed = compress_one(frame, opts, effort, lc(i));
+        let compressed = compress_one(frame, opts, effort, lc);
         monitor
             .done
             .fetch_add(u64::from(frame.out_len), Ordering::Relaxed);

@@ -579,8 +579,7 @@ impl BodyDecoder {
             (0, _) => References::None,
             (pages, Some(map)) if map.pages() == pages as usize => References::Ready(Arc::new(map)),
             (_, None) if pos.body_pos == 0 => References::Reading(Box::new(MapReading {
-                // page_log, rules and two varints.
-                head: Vec::with_capacity(22),
+                head: Vec::with_capacity(MAX_MAP_HEAD_LEN),
                 comp_left: None,
                 crc: crc32fast::Hasher::new(),
                 stored_crc: Vec::with_capacity(4),
