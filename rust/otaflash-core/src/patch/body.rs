@@ -727,12 +727,19 @@ impl BodyDecoder {
         self.boundary
     }
 
-    /// Body bytes until the current frame (or frame header) ends.
+    /// Body bytes until the current frame (or frame header, or reference
+    /// map) ends.
     pub(crate) fn bytes_to_boundary(&self) -> Option<u64> {
-        match &self.frame {
-            Some(frame) => Some(frame.comp_left),
+        match (&self.frame, &self.references) {
+            (Some(frame), _) => Some(frame.comp_left),
+            // The map's payload and CRC at once (a byte at a time, its
+            // decoding cost libcrypto3's apply 0.5 ms before the first block).
+            (None, References::Reading(map)) => Some(
+                map.comp_left
+                    .map_or(1, |left| left + (4 - map.stored_crc.len()) as u64),
+            ),
             // Frame headers are a few bytes: take them one at a time.
-            None => Some(1),
+            (None, _) => Some(1),
         }
     }
 

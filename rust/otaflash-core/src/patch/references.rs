@@ -751,22 +751,49 @@ impl MovesReader {
     }
 
     /// Takes decompressed bytes; more than the pages' moves is an error.
+    /// Varints are read in place; only one cut by the end of `bytes` waits
+    /// in `pending` (byte by byte, a map took 0.5 ms of libcrypto3's
+    /// apply before its first block).
     pub fn take(&mut self, bytes: &[u8]) -> Result<()> {
-        for &byte in bytes {
-            if self.moves.len() == self.pages {
-                return Err(corrupt("its reference map holds more moves than pages"));
-            }
-            self.pending.push(byte);
-            let Some((value, _)) = get_varint(&self.pending)? else {
-                continue;
+        let mut rest = bytes;
+        while !self.pending.is_empty() {
+            let Some((&byte, after)) = rest.split_first() else {
+                return Ok(());
             };
-            self.pending.clear();
-            // A step is a 32-bit value, zig-zag encoded.
-            let step = i32::try_from(unzigzag(value))
-                .map_err(|_| corrupt("its reference map has a bad move"))?;
-            self.previous = self.previous.wrapping_add(step as u32);
-            self.moves.push(self.previous);
+            rest = after;
+            self.pending.push(byte);
+            if let Some((value, _)) = get_varint(&self.pending)? {
+                self.pending.clear();
+                self.push_step(value)?;
+            }
         }
+        while let Some((&byte, after)) = rest.split_first() {
+            // Most steps are one byte (0: the page moved as the one before).
+            if byte < 0x80 {
+                self.push_step(u64::from(byte))?;
+                rest = after;
+                continue;
+            }
+            let Some((value, used)) = get_varint(rest)? else {
+                self.pending.extend_from_slice(rest);
+                break;
+            };
+            rest = &rest[used..];
+            self.push_step(value)?;
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn push_step(&mut self, value: u64) -> Result<()> {
+        if self.moves.len() == self.pages {
+            return Err(corrupt("its reference map holds more moves than pages"));
+        }
+        // A step is a 32-bit value, zig-zag encoded.
+        let step = i32::try_from(unzigzag(value))
+            .map_err(|_| corrupt("its reference map has a bad move"))?;
+        self.previous = self.previous.wrapping_add(step as u32);
+        self.moves.push(self.previous);
         Ok(())
     }
 
@@ -981,6 +1008,11 @@ mod tests {
             reader.take(&bytes[cut..]).unwrap();
             assert_eq!(reader.finish().unwrap(), map);
         }
+        let mut bytewise = MovesReader::new(10, 6, 6 << 10, rules).unwrap();
+        for byte in &bytes {
+            bytewise.take(std::slice::from_ref(byte)).unwrap();
+        }
+        assert_eq!(bytewise.finish().unwrap(), map);
         let mut short = MovesReader::new(10, 6, 6 << 10, rules).unwrap();
         short.take(&bytes[..bytes.len() - 1]).unwrap();
         assert!(short.finish().is_err());
