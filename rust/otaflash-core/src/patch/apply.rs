@@ -418,16 +418,16 @@ impl Helpers {
         if old_alongside {
             working_set += OLD_CHECK_CHUNK;
         }
-        // The job's list of the block's copies; its bytes are the cache's.
-        let job = body::records_table(header);
+        // The thread's memory takes the read cache's place.
+        let aside =
+            working_set - options.read_cache + body::aside_working_set(header, options.read_cache);
         let reference_thread = options.reference_thread
             && header.reference_pages > 0
             && second_core
             && blocks_enough
-            && options.read_cache >= block
-            && working_set + job <= options.max_working_set;
+            && aside <= options.max_working_set;
         if reference_thread {
-            working_set += job;
+            working_set = aside;
         }
         Self {
             hash_thread,

@@ -54,6 +54,18 @@ pub fn working_set(header: &Header, read_cache: usize) -> usize {
     block + records + STAGING + read_cache + codec + references
 }
 
+/// The read cache while references are predicted aside: the block's old
+/// bytes are read into a second block buffer, the cache only gathers short
+/// copies.
+const ASIDE_READ_CACHE: usize = 64 << 10;
+
+/// What [`working_set`]'s read cache becomes when references are predicted
+/// aside: a second block buffer, the job's list of copies and a smaller
+/// cache.
+pub(crate) fn aside_working_set(header: &Header, read_cache: usize) -> usize {
+    header.block_size as usize + records_table(header) + ASIDE_READ_CACHE.min(read_cache)
+}
+
 /// Reads of the old image through a 4-way set-associative cache of 4 KiB
 /// pages (least recently used way replaced): patches copy many short runs
 /// from a few regions that move through the old image, so a miss must cost
@@ -102,9 +114,11 @@ impl ReadCache {
     }
 
     /// Fills `block` from the old image: `copies` are (old offset, block
-    /// offset, length). They are read in old-image order, nearby ones
+    /// offset, length). They are read in old-image order, nearby short ones
     /// coalesced into one read through the cache's buffer, so a block costs a
-    /// few large reads however scattered its copies are.
+    /// few large reads however scattered its copies are; a long copy is read
+    /// straight into the block (a read of its own costs less than passing
+    /// its bytes through the buffer).
     pub(crate) fn gather(
         &mut self,
         old: &mut dyn ReadAt,
@@ -112,37 +126,38 @@ impl ReadCache {
         block: &mut [u8],
     ) -> Result<()> {
         const GAP: u64 = 2 * PAGE as u64;
+        const LONG: u64 = 32 << 10;
         self.tags.fill(EMPTY);
         copies.sort_unstable_by_key(|c| c.0);
         let cap = self.pages.len() as u64;
+        let long = |len: u32| u64::from(len) >= LONG.min(cap + 1);
         let mut i = 0;
         while i < copies.len() {
-            let (start, _, len) = copies[i];
+            let (start, at, len) = copies[i];
+            if long(len) {
+                old.read_exact_at(start, &mut block[at as usize..at as usize + len as usize])?;
+                i += 1;
+                continue;
+            }
             let mut end = start + u64::from(len);
             let mut j = i + 1;
             while j < copies.len() {
                 let (s, _, l) = copies[j];
                 let e = (s + u64::from(l)).max(end);
-                if s > end + GAP || e - start > cap {
+                if long(l) || s > end + GAP || e - start > cap {
                     break;
                 }
                 end = e;
                 j += 1;
             }
-            if end - start > cap {
-                // One copy longer than the buffer: straight into the block.
-                let (_, at, len) = copies[i];
-                old.read_exact_at(start, &mut block[at as usize..at as usize + len as usize])?;
-            } else {
-                let run = &mut self.pages[..(end - start) as usize];
-                old.read_exact_at(start, run)?;
-                for &(s, at, len) in &copies[i..j] {
-                    let from = (s - start) as usize;
-                    block[at as usize..at as usize + len as usize]
-                        .copy_from_slice(&run[from..from + len as usize]);
-                }
+            let run = &mut self.pages[..(end - start) as usize];
+            old.read_exact_at(start, run)?;
+            for &(s, at, len) in &copies[i..j] {
+                let from = (s - start) as usize;
+                block[at as usize..at as usize + len as usize]
+                    .copy_from_slice(&run[from..from + len as usize]);
             }
-            i = j.max(i + 1);
+            i = j;
         }
         Ok(())
     }
@@ -551,8 +566,12 @@ pub(crate) struct BodyDecoder {
     predictor: Option<BackgroundPredictor>,
     /// The copies' list a job takes along, while no job is out.
     job_copies: Vec<Entry>,
-    /// Whether the block's job is out (holding the read cache's buffer).
-    job_out: bool,
+    /// Predicting aside: the block buffer the next block's old bytes are
+    /// read into (the thread predicts them there, then it becomes the block).
+    spare: Vec<u8>,
+    /// Predicting aside: a finished block (offset, length) still in `block`,
+    /// written out while the thread predicts the next one.
+    pending: Option<(u64, usize)>,
 }
 
 impl std::fmt::Debug for BodyDecoder {
@@ -615,18 +634,19 @@ impl BodyDecoder {
             predict_aside: false,
             predictor: None,
             job_copies: Vec::new(),
-            job_out: false,
+            spare: Vec::new(),
+            pending: None,
         })
     }
 
-    /// Predicts references on a second thread from now on, if the read
-    /// cache can hold a block (it lends its buffer to the thread between
-    /// reading a block's copies and finishing the block).
+    /// Predicts references on a second thread from now on. Its memory
+    /// ([`aside_working_set`]) replaces the read cache's: a second block
+    /// buffer, the job's copies and a smaller cache.
     pub(crate) fn predict_aside(&mut self) {
-        if self.cache.pages.len() >= self.header.block_size as usize {
-            self.predict_aside = true;
-            self.job_copies = Vec::with_capacity(self.copies.capacity());
-        }
+        self.predict_aside = true;
+        self.job_copies = Vec::with_capacity(self.copies.capacity());
+        self.spare = vec![0; self.header.block_size as usize];
+        self.cache = ReadCache::new(ASIDE_READ_CACHE.min(self.cache.pages.len()));
     }
 
     /// The reference map, once read.
@@ -896,6 +916,8 @@ impl BodyDecoder {
                 frame.codec_done = true;
             }
             self.parse(old, emit)?;
+            // A frame boundary is a checkpoint: all its output is out.
+            self.flush_pending(emit)?;
             self.end_frame()?;
         }
         Ok(())
@@ -1037,7 +1059,7 @@ impl BodyDecoder {
                 }
                 Phase::Records { left } => {
                     if left == 0 {
-                        self.records_done(old)?;
+                        self.records_done(old, emit)?;
                         continue;
                     }
                     let mark = self.st_start;
@@ -1060,7 +1082,7 @@ impl BodyDecoder {
                 } => {
                     if index == count {
                         if column == 2 {
-                            self.records_done(old)?;
+                            self.records_done(old, emit)?;
                         } else {
                             self.phase = Phase::Columns {
                                 column: column + 1,
@@ -1293,43 +1315,28 @@ impl BodyDecoder {
     }
 
     /// All the block's records are read: checks they fill it, reads their
-    /// old bytes.
-    fn records_done(&mut self, old: &mut dyn ReadAt) -> Result<()> {
+    /// old bytes (with a reference map, as its predictions rewrite them).
+    fn records_done(&mut self, old: &mut dyn ReadAt, emit: &mut Emit<'_>) -> Result<()> {
         if self.filled != self.block_len {
             return Err(corrupt(format!(
                 "a block's records make {} of its {} bytes",
                 self.filled, self.block_len
             )));
         }
-        self.cache
-            .gather(old, &mut self.copies, &mut self.block[..self.block_len])?;
-        if let References::Ready(map) = &self.references {
-            let block_start = self.out_pos();
-            if self.predict_aside {
-                let predictor = match &mut self.predictor {
-                    Some(p) => p,
-                    empty => empty.insert(BackgroundPredictor::spawn(Arc::clone(map))?),
-                };
-                // The cache's buffer is free until the next block's copies.
-                let mut bytes = std::mem::take(&mut self.cache.pages);
-                let mut copies = std::mem::take(&mut self.job_copies);
-                copies.clone_from(&self.copies);
-                for &(_, at, len) in &copies {
-                    let span = at as usize..(at + len) as usize;
-                    bytes[span.clone()].copy_from_slice(&self.block[span]);
-                }
-                predictor.send(Job {
-                    bytes,
-                    copies,
-                    block_start,
-                })?;
-                self.job_out = true;
-            } else {
+        match &self.references {
+            References::Ready(_) if self.predict_aside => self.predict_block_aside(old, emit)?,
+            References::Ready(map) => {
+                self.cache
+                    .gather(old, &mut self.copies, &mut self.block[..self.block_len])?;
+                let block_start = self.out_pos();
                 for &(from, at, len) in &self.copies {
                     let code = &mut self.block[at as usize..(at + len) as usize];
                     map.predict(code, from, block_start + u64::from(at));
                 }
             }
+            _ => self
+                .cache
+                .gather(old, &mut self.copies, &mut self.block[..self.block_len])?,
         }
         self.phase = if self.header.sparse_diffs {
             Phase::DiffMode
@@ -1337,6 +1344,44 @@ impl BodyDecoder {
             Phase::Diff { span: 0, done: 0 }
         };
         Ok(())
+    }
+
+    /// Reads the block's old bytes into the spare buffer and has the thread
+    /// predict them there while the previous block is written out; then the
+    /// spare buffer becomes the block (differences and literals follow). On
+    /// large x86 images this hides the writing behind the prediction.
+    fn predict_block_aside(&mut self, old: &mut dyn ReadAt, emit: &mut Emit<'_>) -> Result<()> {
+        if self.predictor.is_none() {
+            let References::Ready(map) = &self.references else {
+                return Err(corrupt("no reference map"));
+            };
+            self.predictor = Some(BackgroundPredictor::spawn(Arc::clone(map))?);
+        }
+        let mut bytes = std::mem::take(&mut self.spare);
+        self.cache
+            .gather(old, &mut self.copies, &mut bytes[..self.block_len])?;
+        let mut copies = std::mem::take(&mut self.job_copies);
+        copies.clone_from(&self.copies);
+        let block_start = self.out_pos();
+        let predictor = || corrupt("no predictor");
+        self.predictor.as_ref().ok_or_else(predictor)?.send(Job {
+            bytes,
+            copies,
+            block_start,
+        })?;
+        self.flush_pending(emit)?;
+        let job = self.predictor.as_ref().ok_or_else(predictor)?.receive()?;
+        self.spare = std::mem::replace(&mut self.block, job.bytes);
+        self.job_copies = job.copies;
+        Ok(())
+    }
+
+    /// Writes out the finished block predicting aside held back.
+    fn flush_pending(&mut self, emit: &mut Emit<'_>) -> Result<()> {
+        match self.pending.take() {
+            Some((offset, len)) => emit(offset, &self.block[..len]),
+            None => Ok(()),
+        }
     }
 
     /// One field of a record stored in columns: copies and extras are held
@@ -1413,22 +1458,6 @@ impl BodyDecoder {
     }
 
     fn finish_block(&mut self, emit: &mut Emit<'_>) -> Result<()> {
-        if self.job_out {
-            self.job_out = false;
-            let job = self
-                .predictor
-                .as_ref()
-                .ok_or_else(|| corrupt("no job"))?
-                .receive()?;
-            for &(_, at, len) in &job.copies {
-                let span = at as usize..(at + len) as usize;
-                for (byte, change) in self.block[span.clone()].iter_mut().zip(&job.bytes[span]) {
-                    *byte = byte.wrapping_add(*change);
-                }
-            }
-            self.cache.pages = job.bytes;
-            self.job_copies = job.copies;
-        }
         let offset = self.out_pos();
         let frame = self.frame.as_mut().ok_or_else(|| corrupt("no frame"))?;
         frame.out_left -= self.block_len as u64;
@@ -1441,6 +1470,10 @@ impl BodyDecoder {
                     offset + start as u64,
                 );
             }
+        }
+        if self.predict_aside {
+            self.pending = Some((offset, self.block_len));
+            return Ok(());
         }
         emit(offset, &self.block[..self.block_len])
     }

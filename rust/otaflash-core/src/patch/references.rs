@@ -266,14 +266,6 @@ const WINDOW: usize = LANES + FIELD - 1;
 const CHUNK: usize = 4 * LANES;
 const CHUNK_WINDOW: usize = CHUNK + FIELD;
 
-/// `new - old` in each of four bytes (mod 256), without borrows between
-/// them.
-#[inline(always)]
-fn sub_bytes(new: u32, old: u32) -> u32 {
-    const HIGH: u32 = 0x8080_8080;
-    ((new | HIGH).wrapping_sub(old & !HIGH)) ^ ((new ^ !old) & HIGH)
-}
-
 /// Bit j: whether the 32-bit value at the window's position j is an
 /// absolute reference.
 #[inline(always)]
@@ -546,45 +538,19 @@ impl ReferenceMap {
     /// targets went.
     pub fn predict(&self, code: &mut [u8], old_pos: u64, new_pos: u64) {
         if self.rules.x86 {
-            return self.rewrite_x86::<false>(code, old_pos, new_pos);
+            return self.rewrite_x86(code, old_pos, new_pos);
         }
         self.rewrite(code, old_pos, new_pos, |code, field, value| {
             code[field.at..field.end].copy_from_slice(&value.to_le_bytes());
         });
     }
 
-    /// Turns `code` (as for [`Self::predict`]) into what the prediction
-    /// adds to it: per byte, the rewritten byte less the old one (mod 256),
-    /// zero wherever nothing is rewritten.
-    pub fn predict_changes(&self, code: &mut [u8], old_pos: u64, new_pos: u64) {
-        if self.rules.x86 {
-            return self.rewrite_x86::<true>(code, old_pos, new_pos);
-        }
-        // Bytes before `zeroed` are changes already; the scan never reads
-        // them again.
-        let mut zeroed = 0;
-        self.rewrite(code, old_pos, new_pos, |code, field, value| {
-            code[zeroed..field.at].fill(0);
-            for (byte, new) in code[field.at..field.end]
-                .iter_mut()
-                .zip(value.to_le_bytes())
-            {
-                *byte = new.wrapping_sub(*byte);
-            }
-            zeroed = field.end;
-        });
-        code[zeroed..].fill(0);
-    }
-
-    /// [`Self::predict`] (or, `CHANGES`, [`Self::predict_changes`]) with
-    /// x86 rules, 64 positions at a time with no call per field: on large
-    /// images this runs beside the decoder and must keep up with it (ruff:
-    /// half a million fields). The fields are [`FieldScan`]'s. Changes are
-    /// gathered per chunk and written over it once the chunk is scanned
-    /// (fields read only old bytes past the chunk), so the bytes between
-    /// fields cost no fill of their own.
+    /// [`Self::predict`] with x86 rules, 64 positions at a time with no call
+    /// per field: on large images this runs beside the decoder and must keep
+    /// up with it (ruff: half a million fields). The fields are
+    /// [`FieldScan`]'s.
     #[inline(always)]
-    fn rewrite_x86<const CHANGES: bool>(&self, code: &mut [u8], old_pos: u64, new_pos: u64) {
+    fn rewrite_x86(&self, code: &mut [u8], old_pos: u64, new_pos: u64) {
         let absolute = self.rules.absolute;
         let len = code.len();
         let last_relative = len.checked_sub(1 + FIELD);
@@ -592,8 +558,6 @@ impl ReferenceMap {
             Some(_) => FIELD,
             None => 1 + FIELD,
         });
-        // The chunk's changes and those of a field running past its end.
-        let mut changes = [0u8; CHUNK + LANES];
         let mut window = [0u8; CHUNK_WINDOW];
         let mut free = 0;
         let mut base = 0;
@@ -644,28 +608,9 @@ impl ReferenceMap {
                         .wrapping_add(u64::from(moved))
                         .wrapping_sub(new_pos + field.end as u64) as u32,
                 };
-                if CHANGES {
-                    let at = field.at - base;
-                    changes[at..at + FIELD].copy_from_slice(&sub_bytes(value, old).to_le_bytes());
-                } else {
-                    code[field.at..field.end].copy_from_slice(&value.to_le_bytes());
-                }
-            }
-            if CHANGES {
-                match code.get_mut(base..base + CHUNK) {
-                    // A whole chunk: a copy of known size, inlined.
-                    Some(chunk) => chunk.copy_from_slice(&changes[..CHUNK]),
-                    None => code[base..].copy_from_slice(&changes[..len - base]),
-                }
-                changes.copy_within(CHUNK.., 0);
-                changes[LANES..].fill(0);
+                code[field.at..field.end].copy_from_slice(&value.to_le_bytes());
             }
             base += CHUNK;
-        }
-        if CHANGES && base < len {
-            // The end of a field from the last chunk, then bytes no field covers.
-            let n = len - base;
-            code[base..].copy_from_slice(&changes[..n]);
         }
     }
 
@@ -1108,37 +1053,8 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// What `predict_changes` makes, added to the old bytes, is what
-        /// `predict` makes of them.
-        #[test]
-        fn predicted_changes_add_up_to_the_prediction(
-            code in proptest::collection::vec(
-                proptest::prop_oneof![
-                    proptest::sample::select(vec![0xE8u8, 0x0F, 0x85, 0x8B, 0x05, 0x00, 0xF0, 0xF8]),
-                    proptest::num::u8::ANY,
-                ],
-                0..300,
-            ),
-            moves in proptest::collection::vec(proptest::num::u32::ANY, 1..16),
-            old_pos in 0u64..64,
-            new_pos in 0u64..1000,
-            thumb: bool,
-        ) {
-            let rules = Rules { x86: !thumb, thumb, absolute: Absolute::new(0x100, 1000) };
-            let map = ReferenceMap::new(6, moves, 1000, rules);
-            let mut predicted = code.clone();
-            map.predict(&mut predicted, old_pos, new_pos);
-            let mut changes = code.clone();
-            map.predict_changes(&mut changes, old_pos, new_pos);
-            let added: Vec<u8> = code.iter().zip(&changes).map(|(a, b)| a.wrapping_add(*b)).collect();
-            proptest::prop_assert_eq!(added, predicted);
-        }
-    }
-
-    proptest::proptest! {
         /// The x86 predictor's chunks rewrite the fields [`FieldScan`]
-        /// finds one at a time, chunk edges and the tail included, in place
-        /// and as changes.
+        /// finds one at a time, chunk edges and the tail included.
         #[test]
         fn x86_chunks_rewrite_what_the_field_scan_finds(
             pieces in proptest::collection::vec(
@@ -1173,25 +1089,6 @@ mod tests {
             let mut chunked = code.clone();
             map.predict(&mut chunked, old_pos, new_pos);
             proptest::prop_assert_eq!(&chunked, &one_at_a_time);
-            let mut changes = code.clone();
-            map.predict_changes(&mut changes, old_pos, new_pos);
-            let added: Vec<u8> = code.iter().zip(&changes).map(|(a, b)| a.wrapping_add(*b)).collect();
-            proptest::prop_assert_eq!(added, one_at_a_time);
-        }
-    }
-
-    #[test]
-    fn bytes_are_subtracted_without_borrows() {
-        for (new, old) in [
-            (0u32, 1u32),
-            (0x0080_FF00, 0x01FF_0001),
-            (u32::MAX, 0x8080_8080),
-            (0x1234_5678, 0x8765_4321),
-        ] {
-            let expected = u32::from_le_bytes(std::array::from_fn(|i| {
-                new.to_le_bytes()[i].wrapping_sub(old.to_le_bytes()[i])
-            }));
-            assert_eq!(sub_bytes(new, old), expected);
         }
     }
 
