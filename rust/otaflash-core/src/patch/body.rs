@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use bytes::BytesMut;
+
 use liblzma::stream::{Action, Filters, LzmaOptions, Status, Stream};
 use zstd::zstd_safe::{self, DCtx, DParameter, InBuffer, OutBuffer, ResetDirective};
 
@@ -12,7 +14,7 @@ use super::format::{
     Compression, DiffMode, FrameHeader, Header, MAX_FRAME_HEADER_LEN, RECORD_DENSITY, get_varint,
     split_dictionaries, unzigzag,
 };
-use super::predictor::{BackgroundPredictor, Job};
+use super::predictor::BackgroundPredictor;
 use super::references::{MovesReader, ReferenceMap, Rules};
 use crate::io::ReadAt;
 use crate::{Error, Result};
@@ -539,7 +541,7 @@ pub(crate) struct BodyDecoder {
     st_end: usize,
     frame_head: Vec<u8>,
     frame: Option<Frame>,
-    block: Vec<u8>,
+    block: BytesMut,
     block_len: usize,
     spans: Vec<Span>,
     /// The block's copies (old offset, block offset, length) until they are
@@ -564,11 +566,9 @@ pub(crate) struct BodyDecoder {
     /// started with the first block that needs it.
     predict_aside: bool,
     predictor: Option<BackgroundPredictor>,
-    /// The copies' list a job takes along, while no job is out.
-    job_copies: Vec<Entry>,
     /// Predicting aside: the block buffer the next block's old bytes are
     /// read into (the thread predicts them there, then it becomes the block).
-    spare: Vec<u8>,
+    spare: BytesMut,
     /// Predicting aside: a finished block (offset, length) still in `block`,
     /// written out while the thread predicts the next one.
     pending: Option<(u64, usize)>,
@@ -619,7 +619,7 @@ impl BodyDecoder {
             st_end: 0,
             frame_head: Vec::with_capacity(MAX_FRAME_HEADER_LEN),
             frame: None,
-            block: vec![0; block],
+            block: BytesMut::zeroed(block),
             block_len: 0,
             spans: Vec::with_capacity(block / RECORD_DENSITY as usize + 1),
             copies: Vec::with_capacity(block / RECORD_DENSITY as usize + 1),
@@ -633,8 +633,7 @@ impl BodyDecoder {
             references,
             predict_aside: false,
             predictor: None,
-            job_copies: Vec::new(),
-            spare: Vec::new(),
+            spare: BytesMut::new(),
             pending: None,
         })
     }
@@ -644,8 +643,7 @@ impl BodyDecoder {
     /// buffer, the job's copies and a smaller cache.
     pub(crate) fn predict_aside(&mut self) {
         self.predict_aside = true;
-        self.job_copies = Vec::with_capacity(self.copies.capacity());
-        self.spare = vec![0; self.header.block_size as usize];
+        self.spare = BytesMut::zeroed(self.header.block_size as usize);
         self.cache = ReadCache::new(ASIDE_READ_CACHE.min(self.cache.pages.len()));
     }
 
@@ -1360,19 +1358,17 @@ impl BodyDecoder {
         let mut bytes = std::mem::take(&mut self.spare);
         self.cache
             .gather(old, &mut self.copies, &mut bytes[..self.block_len])?;
-        let mut copies = std::mem::take(&mut self.job_copies);
-        copies.clone_from(&self.copies);
-        let block_start = self.out_pos();
+        // The buffer is cut into pieces along the copies, in block order.
+        self.copies.sort_unstable_by_key(|c| c.1);
         let predictor = || corrupt("no predictor");
-        self.predictor.as_ref().ok_or_else(predictor)?.send(Job {
+        self.predictor.as_ref().ok_or_else(predictor)?.start(
             bytes,
-            copies,
-            block_start,
-        })?;
+            &self.copies,
+            self.out_pos(),
+        )?;
         self.flush_pending(emit)?;
-        let job = self.predictor.as_ref().ok_or_else(predictor)?.receive()?;
-        self.spare = std::mem::replace(&mut self.block, job.bytes);
-        self.job_copies = job.copies;
+        let predicted = self.predictor.as_ref().ok_or_else(predictor)?.finish()?;
+        self.spare = std::mem::replace(&mut self.block, predicted);
         Ok(())
     }
 
