@@ -623,14 +623,25 @@ fn old_image_checked_alongside_gives_the_same_result_and_refuses_a_wrong_one() {
         // The thread's 64 KiB read buffer.
         assert_eq!(aside_set.unwrap(), before_set.unwrap() + (64 << 10));
     }
-    let (wrong, _, _) = apply(&bad, alongside.clone());
-    let err = wrong.unwrap_err();
-    assert!(matches!(err, Error::PatchWrongOld { .. }), "{err}");
-    assert!(
-        err.to_string()
-            .starts_with("this patch needs old image sha256 "),
-        "{err}"
-    );
+    // Hashed between blocks on the new image's hashing thread, or (without
+    // one) on a thread of its own.
+    let own_thread = ApplyOptions {
+        hash_thread: false,
+        ..alongside.clone()
+    };
+    let (own, _, out) = apply(&good, own_thread.clone());
+    assert_eq!(own.unwrap().new_size, new.len() as u64);
+    assert_eq!(out, new);
+    for options in [alongside.clone(), own_thread] {
+        let (wrong, _, _) = apply(&bad, options);
+        let err = wrong.unwrap_err();
+        assert!(matches!(err, Error::PatchWrongOld { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("this patch needs old image sha256 "),
+            "{err}"
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
     // A source no other thread can read (memory here) is checked first.
     let mut applier = Applier::new(other.as_slice(), Vec::new(), alongside);

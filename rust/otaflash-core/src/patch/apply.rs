@@ -15,7 +15,7 @@ use super::format::{
 use super::head_len;
 use super::references::{MovesReader, ReferenceMap, Rules};
 use super::vcdiff::{VCDIFF_MAGIC, VcdiffApply};
-use crate::hash::background::BackgroundSha256;
+use crate::hash::background::{BackgroundSha256, SideSource, SourceSha256};
 use crate::io::{ImageSink, ReadAt};
 use crate::progress::{NoProgress, Operation, Progress, ProgressEvent};
 use crate::{Error, Result};
@@ -103,13 +103,18 @@ pub(crate) fn verify_old(
     progress: &mut dyn Progress,
 ) -> Result<()> {
     check_old_size(old, header)?;
-    let got = sha256_of_old(old, header.old_size, 1 << 20, &mut |done| {
+    let mut job = SourceSha256::new(header.old_size, 1 << 20);
+    let got = loop {
+        let digest = job.step(old)?;
         progress.report(ProgressEvent {
             operation: Operation::Verify,
-            done,
+            done: job.done(),
             total: Some(header.old_size),
-        })
-    })?;
+        })?;
+        if let Some(digest) = digest {
+            break digest;
+        }
+    };
     judge_old(header, old.size(), got)
 }
 
@@ -127,27 +132,6 @@ fn judge_old(header: &Header, size: u64, got: [u8; 32]) -> Result<()> {
     Ok(())
 }
 
-/// SHA-256 of the first `size` bytes of `old`, read `chunk` bytes at a time;
-/// `after` hears the bytes done after each read and may stop the work.
-fn sha256_of_old(
-    old: &mut dyn ReadAt,
-    size: u64,
-    chunk: usize,
-    after: &mut dyn FnMut(u64) -> Result<()>,
-) -> Result<[u8; 32]> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; chunk];
-    let mut done = 0u64;
-    while done < size {
-        let n = (size - done).min(buf.len() as u64) as usize;
-        old.read_exact_at(done, &mut buf[..n])?;
-        hasher.update(&buf[..n]);
-        done += n as u64;
-        after(done)?;
-    }
-    Ok(hasher.finalize().into())
-}
-
 /// The old image's read buffer of an [`OldCheck::Alongside`] check (part of
 /// the working set while it runs).
 const OLD_CHECK_CHUNK: usize = 64 << 10;
@@ -162,17 +146,18 @@ impl OldCheckThread {
     fn spawn(mut reader: Box<dyn ReadAt + Send>, header: &Header) -> Result<Self> {
         let cancel = Arc::new(AtomicBool::new(false));
         let stop = Arc::clone(&cancel);
-        let size = header.old_size;
+        let mut job = SourceSha256::new(header.old_size, OLD_CHECK_CHUNK);
         let worker = std::thread::Builder::new()
             .name("otaflash-old-sha256".into())
             .spawn(move || {
-                sha256_of_old(&mut *reader, size, OLD_CHECK_CHUNK, &mut |_| {
+                loop {
                     if stop.load(Ordering::Relaxed) {
-                        Err(Error::Cancelled)
-                    } else {
-                        Ok(())
+                        return Err(Error::Cancelled);
                     }
-                })
+                    if let Some(digest) = job.step(&mut *reader)? {
+                        return Ok(digest);
+                    }
+                }
             })
             .map_err(|e| {
                 Error::InvalidArgument(format!("cannot start the old-image hashing thread: {e}"))
@@ -202,6 +187,36 @@ impl OldCheckThread {
 impl Drop for OldCheckThread {
     fn drop(&mut self) {
         self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Where the old image is hashed while the patch is applied: between
+/// blocks on the new image's hashing thread when there is one (two helper
+/// threads on a second core wait for each other less than three), else on
+/// a thread of its own.
+enum AsideCheck {
+    HashThread,
+    Thread(OldCheckThread),
+    /// Judged already.
+    Judged,
+}
+
+impl AsideCheck {
+    fn is_done(&mut self, new_hash: &mut OutputHash) -> bool {
+        match self {
+            Self::HashThread => new_hash.side_ready(),
+            Self::Thread(thread) => thread.is_done(),
+            Self::Judged => true,
+        }
+    }
+
+    /// Waits for the hash and refuses an old image other than `header`'s.
+    fn verdict(&mut self, header: &Header, old_size: u64, new_hash: &mut OutputHash) -> Result<()> {
+        match std::mem::replace(self, Self::Judged) {
+            Self::HashThread => judge_old(header, old_size, new_hash.side_digest()?),
+            Self::Thread(mut thread) => thread.verdict(header, old_size),
+            Self::Judged => Ok(()),
+        }
     }
 }
 
@@ -351,12 +366,36 @@ enum OutputHash {
 }
 
 impl OutputHash {
-    fn new(hasher: Sha256, header: &Header, helpers: Helpers) -> Result<Self> {
+    /// With a hashing thread, that thread also hashes `side` between blocks.
+    fn new(
+        hasher: Sha256,
+        header: &Header,
+        helpers: Helpers,
+        side: Option<SideSource>,
+    ) -> Result<Self> {
         if helpers.hash_thread {
             let block = header.block_size as usize;
-            Ok(Self::Background(BackgroundSha256::spawn(hasher, block)?))
+            Ok(Self::Background(BackgroundSha256::spawn(
+                hasher, block, side,
+            )?))
         } else {
             Ok(Self::Inline(hasher))
+        }
+    }
+
+    fn side_ready(&mut self) -> bool {
+        match self {
+            Self::Inline(_) => false,
+            Self::Background(h) => h.side_ready(),
+        }
+    }
+
+    fn side_digest(&mut self) -> Result<[u8; 32]> {
+        match self {
+            Self::Inline(_) => Err(Error::InvalidArgument(
+                "the old image was not hashed on the hashing thread".into(),
+            )),
+            Self::Background(h) => h.side_digest(),
         }
     }
 
@@ -446,7 +485,7 @@ struct OursState {
     new_hash: OutputHash,
     helpers: Helpers,
     /// The old image's check while it runs beside the decoder.
-    old_check: Option<OldCheckThread>,
+    old_check: Option<AsideCheck>,
     /// The output hash at the decoder's last frame boundary.
     boundary: (Position, Vec<u8>),
 }
@@ -660,14 +699,20 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
             OldCheck::Before => None,
         };
         let helpers = Helpers::choose(&header, &self.options, aside.is_some());
-        let old_check = match aside {
+        let (old_check, side) = match aside {
             Some(reader) if helpers.old_alongside => {
                 check_old_size(&self.old, &header)?;
-                Some(OldCheckThread::spawn(reader, &header)?)
+                if helpers.hash_thread {
+                    let job = SourceSha256::new(header.old_size, OLD_CHECK_CHUNK);
+                    (Some(AsideCheck::HashThread), Some((reader, job)))
+                } else {
+                    let thread = OldCheckThread::spawn(reader, &header)?;
+                    (Some(AsideCheck::Thread(thread)), None)
+                }
             }
             _ => {
                 verify_old(&mut self.old, &header, progress)?;
-                None
+                (None, None)
             }
         };
         let pos = Position {
@@ -680,7 +725,7 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
             body.predict_aside();
         }
         let boundary = (pos, sha_state(&Sha256::new()));
-        let new_hash = OutputHash::new(Sha256::new(), &header, helpers)?;
+        let new_hash = OutputHash::new(Sha256::new(), &header, helpers, side)?;
         Ok(OursState {
             header_len: head.len() as u64,
             header,
@@ -707,7 +752,7 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
         if helpers.reference_thread {
             body.predict_aside();
         }
-        let new_hash = OutputHash::new(sha_restore(&cp.new_state)?, &header, helpers)?;
+        let new_hash = OutputHash::new(sha_restore(&cp.new_state)?, &header, helpers, None)?;
         Ok(OursState {
             header,
             header_len,
@@ -768,13 +813,13 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
                     header,
                     header_len,
                     body,
-                    new_hash,
+                    mut new_hash,
                     old_check,
                     ..
                 } = *state;
                 // A wrong old image explains everything after it: first.
                 if let Some(mut check) = old_check {
-                    check.verdict(&header, self.old.size())?;
+                    check.verdict(&header, self.old.size(), &mut new_hash)?;
                 }
                 let body_seen = self.fed - header_len;
                 if body_seen < header.body_size || !body.is_complete() {
@@ -869,8 +914,10 @@ fn feed_ours(
         let after = body.boundary();
         if after != before {
             *boundary = (after, new_hash.state()?);
-            if let Some(check) = old_check.as_mut().filter(|c| c.is_done()) {
-                check.verdict(header, old.size())?;
+            if let Some(check) = old_check.as_mut()
+                && check.is_done(new_hash)
+            {
+                check.verdict(header, old.size(), new_hash)?;
             }
         }
     }
