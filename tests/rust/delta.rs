@@ -994,6 +994,31 @@ fn the_reference_thread_gives_the_same_result_within_the_budget() {
         ..small_cache
     };
     assert_eq!(apply(tight, 333).1, small_inline_set);
+    // The old image checked alongside is hashed by the prediction thread
+    // between blocks: the same result, and a wrong old image refused.
+    let dir = std::env::temp_dir().join(format!("otaflash-predict-old-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (good, bad) = (dir.join("old"), dir.join("other"));
+    let mut other = old.clone();
+    other[old.len() / 2] ^= 1;
+    std::fs::write(&good, &old).unwrap();
+    std::fs::write(&bad, &other).unwrap();
+    let alongside = ApplyOptions {
+        old_check: OldCheck::Alongside,
+        ..ApplyOptions::default()
+    };
+    let (report, _, out) = apply_with(
+        FileSource::open(&good).unwrap(),
+        &patch,
+        97,
+        alongside.clone(),
+    );
+    assert_eq!(report.unwrap().new_size, new.len() as u64);
+    assert_eq!(out, new);
+    let (wrong, _, _) = apply_with(FileSource::open(&bad).unwrap(), &patch, 97, alongside);
+    let err = wrong.unwrap_err();
+    assert!(matches!(err, Error::PatchWrongOld { .. }), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
     resume_from_any_checkpoint_gives_identical_output_with(&old, &new, &opts);
 }
 

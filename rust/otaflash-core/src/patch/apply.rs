@@ -13,6 +13,7 @@ use super::format::{
     BSDIFF_MAGIC, Header, Kind, MAX_HEADER_LEN, PREFIX_LEN, header_len, le_u32, le_u64,
 };
 use super::head_len;
+use super::predictor::BackgroundPredictor;
 use super::references::{MovesReader, ReferenceMap, Rules};
 use super::vcdiff::{VCDIFF_MAGIC, VcdiffApply};
 use crate::hash::background::{BackgroundSha256, SideSource, SourceSha256};
@@ -196,6 +197,7 @@ impl Drop for OldCheckThread {
 /// a thread of its own.
 enum AsideCheck {
     HashThread,
+    Predictor(Arc<BackgroundPredictor>),
     Thread(OldCheckThread),
     /// Judged already.
     Judged,
@@ -205,6 +207,7 @@ impl AsideCheck {
     fn is_done(&mut self, new_hash: &mut OutputHash) -> bool {
         match self {
             Self::HashThread => new_hash.side_ready(),
+            Self::Predictor(predictor) => predictor.side_ready(),
             Self::Thread(thread) => thread.is_done(),
             Self::Judged => true,
         }
@@ -214,6 +217,7 @@ impl AsideCheck {
     fn verdict(&mut self, header: &Header, old_size: u64, new_hash: &mut OutputHash) -> Result<()> {
         match std::mem::replace(self, Self::Judged) {
             Self::HashThread => judge_old(header, old_size, new_hash.side_digest()?),
+            Self::Predictor(predictor) => judge_old(header, old_size, predictor.side_digest()?),
             Self::Thread(mut thread) => thread.verdict(header, old_size),
             Self::Judged => Ok(()),
         }
@@ -699,20 +703,28 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
             OldCheck::Before => None,
         };
         let helpers = Helpers::choose(&header, &self.options, aside.is_some());
-        let (old_check, side) = match aside {
+        // The old image checked alongside is hashed by the idlest helper
+        // thread: the prediction thread, else the new image's hashing one.
+        let mut side = None;
+        let mut predictor = None;
+        let old_check = match aside {
             Some(reader) if helpers.old_alongside => {
                 check_old_size(&self.old, &header)?;
-                if helpers.hash_thread {
-                    let job = SourceSha256::new(header.old_size, OLD_CHECK_CHUNK);
-                    (Some(AsideCheck::HashThread), Some((reader, job)))
+                let job = SourceSha256::new(header.old_size, OLD_CHECK_CHUNK);
+                if helpers.reference_thread {
+                    let p = BackgroundPredictor::spawn(Some((reader, job)))?;
+                    predictor = Some(Arc::clone(&p));
+                    Some(AsideCheck::Predictor(p))
+                } else if helpers.hash_thread {
+                    side = Some((reader, job));
+                    Some(AsideCheck::HashThread)
                 } else {
-                    let thread = OldCheckThread::spawn(reader, &header)?;
-                    (Some(AsideCheck::Thread(thread)), None)
+                    Some(AsideCheck::Thread(OldCheckThread::spawn(reader, &header)?))
                 }
             }
             _ => {
                 verify_old(&mut self.old, &header, progress)?;
-                (None, None)
+                None
             }
         };
         let pos = Position {
@@ -722,7 +734,11 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
         };
         let mut body = BodyDecoder::new(&header, self.options.read_cache, pos, None)?;
         if helpers.reference_thread {
-            body.predict_aside();
+            let predictor = match predictor {
+                Some(p) => p,
+                None => BackgroundPredictor::spawn(None)?,
+            };
+            body.predict_aside(predictor);
         }
         let boundary = (pos, sha_state(&Sha256::new()));
         let new_hash = OutputHash::new(Sha256::new(), &header, helpers, side)?;
@@ -750,7 +766,7 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
         let mut body = BodyDecoder::new(&header, self.options.read_cache, pos, cp.references)?;
         let helpers = Helpers::choose(&header, &self.options, false);
         if helpers.reference_thread {
-            body.predict_aside();
+            body.predict_aside(BackgroundPredictor::spawn(None)?);
         }
         let new_hash = OutputHash::new(sha_restore(&cp.new_state)?, &header, helpers, None)?;
         Ok(OursState {

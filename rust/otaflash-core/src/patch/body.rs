@@ -562,10 +562,8 @@ pub(crate) struct BodyDecoder {
     /// The last frame boundary.
     boundary: Position,
     references: References,
-    /// Predict references on a second thread ([`BackgroundPredictor`]),
-    /// started with the first block that needs it.
-    predict_aside: bool,
-    predictor: Option<BackgroundPredictor>,
+    /// Predict references on a second thread ([`BackgroundPredictor`]).
+    predictor: Option<Arc<BackgroundPredictor>>,
     /// Predicting aside: the block buffer the next block's old bytes are
     /// read into (the thread predicts them there, then it becomes the block).
     spare: BytesMut,
@@ -631,18 +629,17 @@ impl BodyDecoder {
             pos,
             boundary: pos,
             references,
-            predict_aside: false,
             predictor: None,
             spare: BytesMut::new(),
             pending: None,
         })
     }
 
-    /// Predicts references on a second thread from now on. Its memory
+    /// Predicts references with `predictor` from now on. Its memory
     /// ([`aside_working_set`]) replaces the read cache's: a second block
     /// buffer, the job's copies and a smaller cache.
-    pub(crate) fn predict_aside(&mut self) {
-        self.predict_aside = true;
+    pub(crate) fn predict_aside(&mut self, predictor: Arc<BackgroundPredictor>) {
+        self.predictor = Some(predictor);
         self.spare = BytesMut::zeroed(self.header.block_size as usize);
         self.cache = ReadCache::new(ASIDE_READ_CACHE.min(self.cache.pages.len()));
     }
@@ -1322,7 +1319,9 @@ impl BodyDecoder {
             )));
         }
         match &self.references {
-            References::Ready(_) if self.predict_aside => self.predict_block_aside(old, emit)?,
+            References::Ready(_) if self.predictor.is_some() => {
+                self.predict_block_aside(old, emit)?;
+            }
             References::Ready(map) => {
                 self.cache
                     .gather(old, &mut self.copies, &mut self.block[..self.block_len])?;
@@ -1349,25 +1348,18 @@ impl BodyDecoder {
     /// spare buffer becomes the block (differences and literals follow). On
     /// large x86 images this hides the writing behind the prediction.
     fn predict_block_aside(&mut self, old: &mut dyn ReadAt, emit: &mut Emit<'_>) -> Result<()> {
-        if self.predictor.is_none() {
-            let References::Ready(map) = &self.references else {
-                return Err(corrupt("no reference map"));
-            };
-            self.predictor = Some(BackgroundPredictor::spawn(Arc::clone(map))?);
-        }
+        let (References::Ready(map), Some(predictor)) = (&self.references, &self.predictor) else {
+            return Err(corrupt("no reference map"));
+        };
+        let (map, predictor) = (Arc::clone(map), Arc::clone(predictor));
         let mut bytes = std::mem::take(&mut self.spare);
         self.cache
             .gather(old, &mut self.copies, &mut bytes[..self.block_len])?;
         // The buffer is cut into pieces along the copies, in block order.
         self.copies.sort_unstable_by_key(|c| c.1);
-        let predictor = || corrupt("no predictor");
-        self.predictor.as_ref().ok_or_else(predictor)?.start(
-            bytes,
-            &self.copies,
-            self.out_pos(),
-        )?;
+        predictor.start(&map, bytes, &self.copies, self.out_pos())?;
         self.flush_pending(emit)?;
-        let predicted = self.predictor.as_ref().ok_or_else(predictor)?.finish()?;
+        let predicted = predictor.finish(&map)?;
         self.spare = std::mem::replace(&mut self.block, predicted);
         Ok(())
     }
@@ -1467,7 +1459,7 @@ impl BodyDecoder {
                 );
             }
         }
-        if self.predict_aside {
+        if self.predictor.is_some() {
             self.pending = Some((offset, self.block_len));
             return Ok(());
         }

@@ -7,6 +7,10 @@
 //! joined again (no copy) and the buffer becomes the block. Prediction is
 //! a third of the decoder's instructions on large x86 images (ruff), so
 //! neither side waits long for the other, however the two cores are shared.
+//!
+//! Between blocks the thread may hash a second source a chunk at a time
+//! (the old image, checked while the patch is applied): it is idle most of
+//! the time, while the new image's hashing thread is not.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -15,6 +19,7 @@ use std::thread::JoinHandle;
 use bytes::BytesMut;
 
 use super::references::ReferenceMap;
+use crate::hash::background::SideSource;
 use crate::{Error, Result};
 
 /// Pieces aim at this many copied bytes (or an eighth of a block's, if
@@ -43,8 +48,10 @@ impl Piece {
 }
 
 /// One block's pieces as the two sides share them.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Work {
+    /// The map, from the first block on.
+    map: Option<Arc<ReferenceMap>>,
     block_start: u64,
     /// Not yet begun, in block order.
     waiting: VecDeque<Piece>,
@@ -52,9 +59,13 @@ struct Work {
     /// Begun by the thread, not yet done.
     running: usize,
     closed: bool,
+    /// The thread has ended (set even if it panicked).
+    stopped: bool,
+    /// The side source, taken by the thread for each step.
+    side: Option<SideSource>,
+    side_digest: Option<Result<[u8; 32]>>,
 }
 
-#[derive(Debug)]
 struct Shared {
     work: Mutex<Work>,
     changed: Condvar,
@@ -66,12 +77,28 @@ impl Shared {
     }
 
     fn wait<'a>(&self, work: MutexGuard<'a, Work>) -> Result<MutexGuard<'a, Work>> {
+        if work.stopped {
+            return Err(gone());
+        }
         self.changed.wait(work).map_err(|_| gone())
     }
 }
 
+/// Marks the thread stopped however it ends.
+struct Stopped<'a>(&'a Shared);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        let mut work = match self.0.work.lock() {
+            Ok(work) => work,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        work.stopped = true;
+        self.0.changed.notify_all();
+    }
+}
+
 pub(crate) struct BackgroundPredictor {
-    map: Arc<ReferenceMap>,
     shared: Arc<Shared>,
     worker: Option<JoinHandle<()>>,
 }
@@ -87,48 +114,89 @@ fn gone() -> Error {
     Error::InvalidArgument("the reference prediction thread stopped".into())
 }
 
-/// The thread's loop: predicts pieces from the front until closed.
-fn serve(map: &ReferenceMap, shared: &Shared) -> Result<()> {
+/// The thread's loop until closed: pieces from the front, else a step of
+/// the side source.
+fn serve(shared: &Shared) -> Result<()> {
+    let _stopped = Stopped(shared);
     let mut work = shared.lock()?;
     loop {
         if work.closed {
             return Ok(());
         }
-        let Some(mut piece) = work.waiting.pop_front() else {
+        if let Some(map) = work.map.clone()
+            && let Some(mut piece) = work.waiting.pop_front()
+        {
+            work.running += 1;
+            let block_start = work.block_start;
+            drop(work);
+            piece.predict(&map, block_start);
+            work = shared.lock()?;
+            work.done.push(piece);
+            work.running -= 1;
+            shared.changed.notify_all();
+            continue;
+        }
+        let Some((mut source, mut job)) = work.side.take() else {
             work = shared.wait(work)?;
             continue;
         };
-        work.running += 1;
-        let block_start = work.block_start;
         drop(work);
-        piece.predict(map, block_start);
+        let step = job.step(&mut *source);
         work = shared.lock()?;
-        work.done.push(piece);
-        work.running -= 1;
+        match step {
+            Ok(None) => work.side = Some((source, job)),
+            Ok(Some(digest)) => work.side_digest = Some(Ok(digest)),
+            Err(e) => work.side_digest = Some(Err(e)),
+        }
         shared.changed.notify_all();
+        // Filler work: a decoder sharing this core goes first.
+        drop(work);
+        std::thread::yield_now();
+        work = shared.lock()?;
     }
 }
 
 impl BackgroundPredictor {
-    pub(crate) fn spawn(map: Arc<ReferenceMap>) -> Result<Self> {
+    /// The thread, hashing `side` while it has no piece to predict.
+    pub(crate) fn spawn(side: Option<SideSource>) -> Result<Arc<Self>> {
         let shared = Arc::new(Shared {
-            work: Mutex::new(Work::default()),
+            work: Mutex::new(Work {
+                side,
+                ..Work::default()
+            }),
             changed: Condvar::new(),
         });
-        let (thread_map, thread_shared) = (Arc::clone(&map), Arc::clone(&shared));
+        let thread_shared = Arc::clone(&shared);
         let worker = std::thread::Builder::new()
             .name("otaflash-predict".into())
             .spawn(move || {
-                let _ = serve(&thread_map, &thread_shared);
+                let _ = serve(&thread_shared);
             })
             .map_err(|e| {
                 Error::InvalidArgument(format!("cannot start the prediction thread: {e}"))
             })?;
-        Ok(Self {
-            map,
+        Ok(Arc::new(Self {
             shared,
             worker: Some(worker),
-        })
+        }))
+    }
+
+    /// Whether the side source's digest has come (without waiting).
+    pub(crate) fn side_ready(&self) -> bool {
+        self.shared
+            .lock()
+            .is_ok_and(|work| work.side_digest.is_some())
+    }
+
+    /// The side source's digest, waiting for it (once).
+    pub(crate) fn side_digest(&self) -> Result<[u8; 32]> {
+        let mut work = self.shared.lock()?;
+        loop {
+            if let Some(digest) = work.side_digest.take() {
+                return digest;
+            }
+            work = self.shared.wait(work)?;
+        }
     }
 
     /// Hands the thread `bytes` (a block buffer holding the old bytes of
@@ -136,6 +204,7 @@ impl BackgroundPredictor {
     /// cut into pieces. [`Self::finish`] before the next block.
     pub(crate) fn start(
         &self,
+        map: &Arc<ReferenceMap>,
         mut bytes: BytesMut,
         copies: &[(u64, u32, u32)],
         block_start: u64,
@@ -145,6 +214,9 @@ impl BackgroundPredictor {
         let mut work = self.shared.lock()?;
         if !work.waiting.is_empty() || !work.done.is_empty() || work.running > 0 {
             return Err(gone());
+        }
+        if work.map.is_none() {
+            work.map = Some(Arc::clone(map));
         }
         work.block_start = block_start;
         let (mut first, mut offset, mut filled) = (0, 0, 0);
@@ -174,27 +246,17 @@ impl BackgroundPredictor {
 
     /// Predicts the pieces the thread has not begun, from the back, waits
     /// for those it has, and joins them: the block buffer, predicted.
-    pub(crate) fn finish(&self) -> Result<BytesMut> {
+    pub(crate) fn finish(&self, map: &ReferenceMap) -> Result<BytesMut> {
         let mut work = self.shared.lock()?;
         loop {
             if let Some(mut piece) = work.waiting.pop_back() {
                 let block_start = work.block_start;
                 drop(work);
-                piece.predict(&self.map, block_start);
+                piece.predict(map, block_start);
                 work = self.shared.lock()?;
                 work.done.push(piece);
             } else if work.running > 0 {
-                // A thread that ended (it cannot, short of a bug) must not
-                // leave the decoder waiting for ever.
-                if self.worker.as_ref().is_none_or(|w| w.is_finished()) {
-                    return Err(gone());
-                }
-                work = self
-                    .shared
-                    .changed
-                    .wait_timeout(work, std::time::Duration::from_millis(100))
-                    .map_err(|_| gone())?
-                    .0;
+                work = self.shared.wait(work)?;
             } else {
                 break;
             }
@@ -248,7 +310,7 @@ mod tests {
             absolute: Absolute::new(0x1000, len as u64),
         };
         let map = Arc::new(ReferenceMap::new(7, moves, len as u64, rules));
-        let predictor = BackgroundPredictor::spawn(Arc::clone(&map)).unwrap();
+        let predictor = BackgroundPredictor::spawn(None).unwrap();
         for round in 0..20u64 {
             // Copies of 1 byte to 40 KiB with literal gaps between them.
             let mut copies = Vec::new();
@@ -269,8 +331,8 @@ mod tests {
                 let code = &mut inline[at as usize..(at + n) as usize];
                 map.predict(code, from, block_start + u64::from(at));
             }
-            predictor.start(bytes, &copies, block_start).unwrap();
-            let predicted = predictor.finish().unwrap();
+            predictor.start(&map, bytes, &copies, block_start).unwrap();
+            let predicted = predictor.finish(&map).unwrap();
             assert_eq!(predicted.len(), len);
             assert!(predicted == inline, "round {round}");
         }
