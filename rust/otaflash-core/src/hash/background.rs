@@ -1,11 +1,12 @@
 //! SHA-256 of a stream on a second thread, one block behind its producer:
 //! the applier decodes block n+1 while block n is hashed, so hashing the new
 //! image costs a copy instead of a pass. Memory: one block. Between blocks
-//! the thread may hash a second source a chunk at a time (the old image,
-//! checked while a patch is applied): one thread for both hashes keeps the
-//! second core to two threads, and the blocks always come first.
+//! the thread advances a shared hash a chunk at a time ([`SharedSha256`]:
+//! the old image, checked while a patch is applied), which keeps the second
+//! core to the helper threads there are anyway; the blocks come first.
 
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use sha2::digest::common::hazmat::SerializableState;
@@ -50,8 +51,114 @@ impl SourceSha256 {
     }
 }
 
-/// A second source for the thread to hash between blocks.
-pub type SideSource = (Box<dyn ReadAt + Send>, SourceSha256);
+/// A source's SHA-256 that several threads advance a chunk at a time when
+/// they have nothing more urgent to do (the old image, checked while a patch
+/// is applied, by whichever helper thread is idle), and that the thread
+/// waiting for it finishes itself.
+pub struct SharedSha256 {
+    state: Mutex<Shared>,
+    changed: Condvar,
+}
+
+struct Shared {
+    /// The source and the hash so far; None while a thread hashes a chunk,
+    /// once done, or once cancelled.
+    job: Option<(Box<dyn ReadAt + Send>, SourceSha256)>,
+    stepping: bool,
+    cancelled: bool,
+    digest: Option<Result<[u8; 32]>>,
+}
+
+impl std::fmt::Debug for SharedSha256 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedSha256").finish_non_exhaustive()
+    }
+}
+
+impl SharedSha256 {
+    /// The SHA-256 of `source`'s first `size` bytes, `chunk` at a time.
+    pub fn new(source: Box<dyn ReadAt + Send>, size: u64, chunk: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(Shared {
+                job: Some((source, SourceSha256::new(size, chunk))),
+                stepping: false,
+                cancelled: false,
+                digest: None,
+            }),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        match self.state.lock() {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Hashes the next chunk unless another thread is at it, or all is done
+    /// (or cancelled): whether this thread should go on.
+    pub fn step(&self) -> bool {
+        let Some((mut source, mut job)) = ({
+            let mut state = self.lock();
+            let job = state.job.take();
+            state.stepping = job.is_some();
+            job
+        }) else {
+            return false;
+        };
+        let step = job.step(&mut *source);
+        let mut state = self.lock();
+        state.stepping = false;
+        let more = match step {
+            Ok(None) if state.cancelled => false,
+            Ok(None) => {
+                state.job = Some((source, job));
+                true
+            }
+            Ok(Some(digest)) => {
+                state.digest = Some(Ok(digest));
+                false
+            }
+            Err(e) => {
+                state.digest = Some(Err(e));
+                false
+            }
+        };
+        self.changed.notify_all();
+        more
+    }
+
+    /// Whether the digest is there (without waiting).
+    pub fn is_done(&self) -> bool {
+        self.lock().digest.is_some()
+    }
+
+    /// The digest (once), hashing what is left on this thread.
+    pub fn finish(&self) -> Result<[u8; 32]> {
+        loop {
+            let mut state = self.lock();
+            if let Some(digest) = state.digest.take() {
+                return digest;
+            }
+            if state.job.is_some() {
+                drop(state);
+                self.step();
+            } else if state.stepping {
+                drop(self.changed.wait(state));
+            } else {
+                return Err(Error::Cancelled);
+            }
+        }
+    }
+
+    /// No more work for anyone (the apply failed).
+    pub fn cancel(&self) {
+        let mut state = self.lock();
+        state.cancelled = true;
+        state.job = None;
+    }
+}
 
 enum Request {
     Update(Vec<u8>),
@@ -64,8 +171,6 @@ enum Reply {
     Spare(Vec<u8>),
     State(Vec<u8>),
     Digest([u8; 32]),
-    /// The side source's digest.
-    Side(Result<[u8; 32]>),
 }
 
 pub struct BackgroundSha256 {
@@ -73,9 +178,6 @@ pub struct BackgroundSha256 {
     replies: Receiver<Reply>,
     /// The buffer to copy the next update into; None while it is being hashed.
     spare: Option<Vec<u8>>,
-    /// The side source's digest once the thread sent it (None: none yet,
-    /// or no side source).
-    side: Option<Result<[u8; 32]>>,
     worker: Option<JoinHandle<()>>,
 }
 
@@ -91,9 +193,9 @@ fn gone() -> Error {
 
 impl BackgroundSha256 {
     /// Continues `hasher` on a new thread; updates are copied into a buffer
-    /// of `capacity` bytes (larger ones grow it). With a `side` source, the
-    /// thread hashes it whenever no update waits ([`Self::side_digest`]).
-    pub fn spawn(hasher: Sha256, capacity: usize, side: Option<SideSource>) -> Result<Self> {
+    /// of `capacity` bytes (larger ones grow it). With a `side` hash, the
+    /// thread advances it whenever no update waits.
+    pub fn spawn(hasher: Sha256, capacity: usize, side: Option<Arc<SharedSha256>>) -> Result<Self> {
         let (requests, inbox) = channel::<Request>();
         let (outbox, replies) = channel::<Reply>();
         let worker = std::thread::Builder::new()
@@ -104,7 +206,6 @@ impl BackgroundSha256 {
             requests,
             replies,
             spare: Some(Vec::with_capacity(capacity)),
-            side: None,
             worker: Some(worker),
         })
     }
@@ -116,40 +217,13 @@ impl BackgroundSha256 {
         Ok(self.keep(reply))
     }
 
-    /// Keeps a spare buffer or the side digest; returns any other reply.
+    /// Keeps a spare buffer; returns any other reply.
     fn keep(&mut self, reply: Reply) -> Option<Reply> {
         match reply {
             Reply::Spare(buf) => self.spare = Some(buf),
-            Reply::Side(digest) => self.side = Some(digest),
             other => return Some(other),
         }
         None
-    }
-
-    /// Whether the side source's digest has come (without waiting).
-    pub fn side_ready(&mut self) -> bool {
-        while self.side.is_none() {
-            match self.replies.try_recv() {
-                // Only spares and the side digest come unasked.
-                Ok(reply) => {
-                    let _ = self.keep(reply);
-                }
-                Err(_) => break,
-            }
-        }
-        self.side.is_some()
-    }
-
-    /// The side source's digest, waiting for it (once).
-    pub fn side_digest(&mut self) -> Result<[u8; 32]> {
-        loop {
-            if let Some(digest) = self.side.take() {
-                return digest;
-            }
-            if self.next_reply()?.is_some() {
-                return Err(gone());
-            }
-        }
     }
 
     /// Hashes a copy of `data` on the thread, after the previous update.
@@ -189,33 +263,32 @@ impl BackgroundSha256 {
     }
 }
 
-/// The thread: updates and requests as they come, the side source's chunks
+/// The thread: updates and requests as they come, the side hash's chunks
 /// while none waits.
 fn serve(
     mut hasher: Sha256,
-    mut side: Option<SideSource>,
+    mut side: Option<Arc<SharedSha256>>,
     inbox: &Receiver<Request>,
     outbox: &Sender<Reply>,
 ) {
     loop {
-        let request = match side.as_mut() {
-            Some((source, job)) => match inbox.try_recv() {
+        let request = match side.clone() {
+            Some(shared) => match inbox.try_recv() {
                 Ok(request) => request,
                 Err(TryRecvError::Empty) => {
-                    let digest = match job.step(&mut **source) {
-                        Ok(None) => {
-                            // Filler work: a decoder sharing this core goes first.
-                            std::thread::yield_now();
-                            continue;
-                        }
-                        Ok(Some(digest)) => Ok(digest),
-                        Err(e) => Err(e),
-                    };
-                    side = None;
-                    if outbox.send(Reply::Side(digest)).is_err() {
-                        return;
+                    if shared.step() {
+                        // Filler work: a decoder sharing this core goes first.
+                        std::thread::yield_now();
+                        continue;
                     }
-                    continue;
+                    // Done, or another thread is at it.
+                    if shared.is_done() {
+                        side = None;
+                    }
+                    match inbox.recv() {
+                        Ok(request) => request,
+                        Err(_) => return,
+                    }
                 }
                 Err(TryRecvError::Disconnected) => return,
             },
@@ -262,26 +335,30 @@ mod tests {
     }
 
     #[test]
-    fn a_side_source_is_hashed_between_updates() {
+    fn a_shared_hash_is_advanced_between_updates_and_finished_by_its_waiter() {
         let side: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
         let want: [u8; 32] = Sha256::digest(&side).into();
         let data = vec![7u8; 100_000];
-        let source: Box<dyn ReadAt + Send> = Box::new(side.clone());
-        let job = SourceSha256::new(side.len() as u64, 4096);
+        let shared = SharedSha256::new(Box::new(side.clone()), side.len() as u64, 4096);
         let mut background =
-            BackgroundSha256::spawn(Sha256::new(), 1000, Some((source, job))).unwrap();
+            BackgroundSha256::spawn(Sha256::new(), 1000, Some(Arc::clone(&shared))).unwrap();
         for piece in data.chunks(5000) {
             background.update(piece).unwrap();
         }
-        assert_eq!(background.side_digest().unwrap(), want);
-        assert!(!background.side_ready(), "the digest is given once");
+        assert_eq!(shared.finish().unwrap(), want);
+        assert!(shared.finish().is_err(), "the digest is given once");
         let new: [u8; 32] = Sha256::digest(&data).into();
         assert_eq!(background.finalize().unwrap(), new);
         // A source shorter than it was said to be: the read error comes back.
-        let short: Box<dyn ReadAt + Send> = Box::new(vec![0u8; 10]);
-        let mut background =
-            BackgroundSha256::spawn(Sha256::new(), 1000, Some((short, SourceSha256::new(11, 4))))
-                .unwrap();
-        assert!(background.side_digest().is_err());
+        let short = SharedSha256::new(Box::new(vec![0u8; 10]), 11, 4);
+        while short.step() {}
+        assert!(short.is_done());
+        assert!(short.finish().is_err());
+        // Cancelled: nothing more is hashed and the waiter is told.
+        let cancelled = SharedSha256::new(Box::new(side), 1_000_000, 4096);
+        assert!(cancelled.step());
+        cancelled.cancel();
+        assert!(!cancelled.step());
+        assert!(matches!(cancelled.finish(), Err(Error::Cancelled)));
     }
 }

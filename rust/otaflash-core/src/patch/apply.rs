@@ -2,7 +2,6 @@
 //! image read at offsets, the new image written sequentially in blocks.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 use sha2::{Digest as _, Sha256};
@@ -16,7 +15,7 @@ use super::head_len;
 use super::predictor::BackgroundPredictor;
 use super::references::{MovesReader, ReferenceMap, Rules};
 use super::vcdiff::{VCDIFF_MAGIC, VcdiffApply};
-use crate::hash::background::{BackgroundSha256, SideSource, SourceSha256};
+use crate::hash::background::{BackgroundSha256, SharedSha256, SourceSha256};
 use crate::io::{ImageSink, ReadAt};
 use crate::progress::{NoProgress, Operation, Progress, ProgressEvent};
 use crate::{Error, Result};
@@ -137,90 +136,52 @@ fn judge_old(header: &Header, size: u64, got: [u8; 32]) -> Result<()> {
 /// the working set while it runs).
 const OLD_CHECK_CHUNK: usize = 64 << 10;
 
-/// The old image hashed on a second thread while the patch is applied.
-struct OldCheckThread {
-    worker: Option<std::thread::JoinHandle<Result<[u8; 32]>>>,
-    cancel: Arc<AtomicBool>,
+/// The old image hashed while the patch is applied ([`OldCheck::Alongside`]):
+/// the helper threads advance the hash when they have nothing more urgent
+/// to do (the prediction thread and the new image's hashing thread between
+/// blocks), or a thread of its own when neither runs; whatever is left when
+/// the verdict is due, the caller hashes.
+struct AsideCheck {
+    hash: Arc<SharedSha256>,
+    judged: bool,
 }
 
-impl OldCheckThread {
-    fn spawn(mut reader: Box<dyn ReadAt + Send>, header: &Header) -> Result<Self> {
-        let cancel = Arc::new(AtomicBool::new(false));
-        let stop = Arc::clone(&cancel);
-        let mut job = SourceSha256::new(header.old_size, OLD_CHECK_CHUNK);
-        let worker = std::thread::Builder::new()
-            .name("otaflash-old-sha256".into())
-            .spawn(move || {
-                loop {
-                    if stop.load(Ordering::Relaxed) {
-                        return Err(Error::Cancelled);
-                    }
-                    if let Some(digest) = job.step(&mut *reader)? {
-                        return Ok(digest);
-                    }
-                }
-            })
-            .map_err(|e| {
-                Error::InvalidArgument(format!("cannot start the old-image hashing thread: {e}"))
-            })?;
+impl AsideCheck {
+    fn new(reader: Box<dyn ReadAt + Send>, header: &Header, own_thread: bool) -> Result<Self> {
+        let hash = SharedSha256::new(reader, header.old_size, OLD_CHECK_CHUNK);
+        if own_thread {
+            let mine = Arc::clone(&hash);
+            std::thread::Builder::new()
+                .name("otaflash-old-sha256".into())
+                .spawn(move || while mine.step() {})
+                .map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "cannot start the old-image hashing thread: {e}"
+                    ))
+                })?;
+        }
         Ok(Self {
-            worker: Some(worker),
-            cancel,
+            hash,
+            judged: false,
         })
     }
 
     fn is_done(&self) -> bool {
-        self.worker.as_ref().is_none_or(|w| w.is_finished())
+        self.judged || self.hash.is_done()
     }
 
-    /// Waits for the hash and refuses an old image other than `header`'s.
+    /// Refuses an old image other than `header`'s (hashing what is left).
     fn verdict(&mut self, header: &Header, old_size: u64) -> Result<()> {
-        let Some(worker) = self.worker.take() else {
+        if std::mem::replace(&mut self.judged, true) {
             return Ok(());
-        };
-        let got = worker
-            .join()
-            .map_err(|_| Error::InvalidArgument("the old-image hashing thread stopped".into()))??;
-        judge_old(header, old_size, got)
+        }
+        judge_old(header, old_size, self.hash.finish()?)
     }
 }
 
-impl Drop for OldCheckThread {
+impl Drop for AsideCheck {
     fn drop(&mut self) {
-        self.cancel.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Where the old image is hashed while the patch is applied: between
-/// blocks on the new image's hashing thread when there is one (two helper
-/// threads on a second core wait for each other less than three), else on
-/// a thread of its own.
-enum AsideCheck {
-    HashThread,
-    Predictor(Arc<BackgroundPredictor>),
-    Thread(OldCheckThread),
-    /// Judged already.
-    Judged,
-}
-
-impl AsideCheck {
-    fn is_done(&mut self, new_hash: &mut OutputHash) -> bool {
-        match self {
-            Self::HashThread => new_hash.side_ready(),
-            Self::Predictor(predictor) => predictor.side_ready(),
-            Self::Thread(thread) => thread.is_done(),
-            Self::Judged => true,
-        }
-    }
-
-    /// Waits for the hash and refuses an old image other than `header`'s.
-    fn verdict(&mut self, header: &Header, old_size: u64, new_hash: &mut OutputHash) -> Result<()> {
-        match std::mem::replace(self, Self::Judged) {
-            Self::HashThread => judge_old(header, old_size, new_hash.side_digest()?),
-            Self::Predictor(predictor) => judge_old(header, old_size, predictor.side_digest()?),
-            Self::Thread(mut thread) => thread.verdict(header, old_size),
-            Self::Judged => Ok(()),
-        }
+        self.hash.cancel();
     }
 }
 
@@ -370,12 +331,13 @@ enum OutputHash {
 }
 
 impl OutputHash {
-    /// With a hashing thread, that thread also hashes `side` between blocks.
+    /// With a hashing thread, that thread also advances `side` between
+    /// blocks.
     fn new(
         hasher: Sha256,
         header: &Header,
         helpers: Helpers,
-        side: Option<SideSource>,
+        side: Option<Arc<SharedSha256>>,
     ) -> Result<Self> {
         if helpers.hash_thread {
             let block = header.block_size as usize;
@@ -384,22 +346,6 @@ impl OutputHash {
             )?))
         } else {
             Ok(Self::Inline(hasher))
-        }
-    }
-
-    fn side_ready(&mut self) -> bool {
-        match self {
-            Self::Inline(_) => false,
-            Self::Background(h) => h.side_ready(),
-        }
-    }
-
-    fn side_digest(&mut self) -> Result<[u8; 32]> {
-        match self {
-            Self::Inline(_) => Err(Error::InvalidArgument(
-                "the old image was not hashed on the hashing thread".into(),
-            )),
-            Self::Background(h) => h.side_digest(),
         }
     }
 
@@ -703,30 +649,18 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
             OldCheck::Before => None,
         };
         let helpers = Helpers::choose(&header, &self.options, aside.is_some());
-        // The old image checked alongside is hashed by the idlest helper
-        // thread: the prediction thread, else the new image's hashing one.
-        let mut side = None;
-        let mut predictor = None;
         let old_check = match aside {
             Some(reader) if helpers.old_alongside => {
                 check_old_size(&self.old, &header)?;
-                let job = SourceSha256::new(header.old_size, OLD_CHECK_CHUNK);
-                if helpers.reference_thread {
-                    let p = BackgroundPredictor::spawn(Some((reader, job)))?;
-                    predictor = Some(Arc::clone(&p));
-                    Some(AsideCheck::Predictor(p))
-                } else if helpers.hash_thread {
-                    side = Some((reader, job));
-                    Some(AsideCheck::HashThread)
-                } else {
-                    Some(AsideCheck::Thread(OldCheckThread::spawn(reader, &header)?))
-                }
+                let own_thread = !helpers.hash_thread && !helpers.reference_thread;
+                Some(AsideCheck::new(reader, &header, own_thread)?)
             }
             _ => {
                 verify_old(&mut self.old, &header, progress)?;
                 None
             }
         };
+        let side = old_check.as_ref().map(|c| Arc::clone(&c.hash));
         let pos = Position {
             body_pos: 0,
             out_pos: 0,
@@ -734,11 +668,7 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
         };
         let mut body = BodyDecoder::new(&header, self.options.read_cache, pos, None)?;
         if helpers.reference_thread {
-            let predictor = match predictor {
-                Some(p) => p,
-                None => BackgroundPredictor::spawn(None)?,
-            };
-            body.predict_aside(predictor);
+            body.predict_aside(BackgroundPredictor::spawn(side.clone())?);
         }
         let boundary = (pos, sha_state(&Sha256::new()));
         let new_hash = OutputHash::new(Sha256::new(), &header, helpers, side)?;
@@ -829,13 +759,13 @@ impl<R: ReadAt, W: ImageSink> Applier<R, W> {
                     header,
                     header_len,
                     body,
-                    mut new_hash,
+                    new_hash,
                     old_check,
                     ..
                 } = *state;
                 // A wrong old image explains everything after it: first.
                 if let Some(mut check) = old_check {
-                    check.verdict(&header, self.old.size(), &mut new_hash)?;
+                    check.verdict(&header, self.old.size())?;
                 }
                 let body_seen = self.fed - header_len;
                 if body_seen < header.body_size || !body.is_complete() {
@@ -930,10 +860,8 @@ fn feed_ours(
         let after = body.boundary();
         if after != before {
             *boundary = (after, new_hash.state()?);
-            if let Some(check) = old_check.as_mut()
-                && check.is_done(new_hash)
-            {
-                check.verdict(header, old.size(), new_hash)?;
+            if let Some(check) = old_check.as_mut().filter(|c| c.is_done()) {
+                check.verdict(header, old.size())?;
             }
         }
     }

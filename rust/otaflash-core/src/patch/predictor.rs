@@ -8,9 +8,8 @@
 //! a third of the decoder's instructions on large x86 images (ruff), so
 //! neither side waits long for the other, however the two cores are shared.
 //!
-//! Between blocks the thread may hash a second source a chunk at a time
-//! (the old image, checked while the patch is applied): it is idle most of
-//! the time, while the new image's hashing thread is not.
+//! With no piece to predict, the thread advances a shared hash a chunk at a
+//! time (the old image, checked while the patch is applied).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -19,13 +18,13 @@ use std::thread::JoinHandle;
 use bytes::BytesMut;
 
 use super::references::ReferenceMap;
-use crate::hash::background::SideSource;
+use crate::hash::background::SharedSha256;
 use crate::{Error, Result};
 
-/// Pieces aim at this many copied bytes (or an eighth of a block's, if
+/// Pieces aim at this many copied bytes (or a sixteenth of a block's, if
 /// more), so that the last piece either side begins costs the other
 /// little waiting.
-const PIECE_BYTES: u64 = 16 << 10;
+const PIECE_BYTES: u64 = 8 << 10;
 
 /// Part of a block buffer and the copies inside it.
 #[derive(Debug)]
@@ -61,9 +60,8 @@ struct Work {
     closed: bool,
     /// The thread has ended (set even if it panicked).
     stopped: bool,
-    /// The side source, taken by the thread for each step.
-    side: Option<SideSource>,
-    side_digest: Option<Result<[u8; 32]>>,
+    /// A hash to advance when there is no piece to predict.
+    side: Option<Arc<SharedSha256>>,
 }
 
 struct Shared {
@@ -115,7 +113,7 @@ fn gone() -> Error {
 }
 
 /// The thread's loop until closed: pieces from the front, else a step of
-/// the side source.
+/// the side hash.
 fn serve(shared: &Shared) -> Result<()> {
     let _stopped = Stopped(shared);
     let mut work = shared.lock()?;
@@ -136,29 +134,33 @@ fn serve(shared: &Shared) -> Result<()> {
             shared.changed.notify_all();
             continue;
         }
-        let Some((mut source, mut job)) = work.side.take() else {
-            work = shared.wait(work)?;
-            continue;
+        let side = work.side.clone();
+        drop(work);
+        let done = match &side {
+            Some(side) if side.step() => {
+                // Filler work: a decoder sharing this core goes first.
+                std::thread::yield_now();
+                work = shared.lock()?;
+                continue;
+            }
+            Some(side) => side.is_done(),
+            None => true,
         };
-        drop(work);
-        let step = job.step(&mut *source);
         work = shared.lock()?;
-        match step {
-            Ok(None) => work.side = Some((source, job)),
-            Ok(Some(digest)) => work.side_digest = Some(Ok(digest)),
-            Err(e) => work.side_digest = Some(Err(e)),
+        if done {
+            work.side = None;
         }
-        shared.changed.notify_all();
-        // Filler work: a decoder sharing this core goes first.
-        drop(work);
-        std::thread::yield_now();
-        work = shared.lock()?;
+        if work.closed || !work.waiting.is_empty() {
+            continue;
+        }
+        // Nothing to do now (another thread may be at the side hash).
+        work = shared.wait(work)?;
     }
 }
 
 impl BackgroundPredictor {
-    /// The thread, hashing `side` while it has no piece to predict.
-    pub(crate) fn spawn(side: Option<SideSource>) -> Result<Arc<Self>> {
+    /// The thread, advancing `side` while it has no piece to predict.
+    pub(crate) fn spawn(side: Option<Arc<SharedSha256>>) -> Result<Arc<Self>> {
         let shared = Arc::new(Shared {
             work: Mutex::new(Work {
                 side,
@@ -181,24 +183,6 @@ impl BackgroundPredictor {
         }))
     }
 
-    /// Whether the side source's digest has come (without waiting).
-    pub(crate) fn side_ready(&self) -> bool {
-        self.shared
-            .lock()
-            .is_ok_and(|work| work.side_digest.is_some())
-    }
-
-    /// The side source's digest, waiting for it (once).
-    pub(crate) fn side_digest(&self) -> Result<[u8; 32]> {
-        let mut work = self.shared.lock()?;
-        loop {
-            if let Some(digest) = work.side_digest.take() {
-                return digest;
-            }
-            work = self.shared.wait(work)?;
-        }
-    }
-
     /// Hands the thread `bytes` (a block buffer holding the old bytes of
     /// `copies`, in block order, at the new-image offset `block_start`),
     /// cut into pieces. [`Self::finish`] before the next block.
@@ -210,7 +194,7 @@ impl BackgroundPredictor {
         block_start: u64,
     ) -> Result<()> {
         let copied: u64 = copies.iter().map(|c| u64::from(c.2)).sum();
-        let aim = PIECE_BYTES.max(copied / 8);
+        let aim = PIECE_BYTES.max(copied / 16);
         let mut work = self.shared.lock()?;
         if !work.waiting.is_empty() || !work.done.is_empty() || work.running > 0 {
             return Err(gone());
