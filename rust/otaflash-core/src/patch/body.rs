@@ -1318,22 +1318,22 @@ impl BodyDecoder {
                 self.filled, self.block_len
             )));
         }
-        match &self.references {
-            References::Ready(_) if self.predictor.is_some() => {
-                self.predict_block_aside(old, emit)?;
-            }
-            References::Ready(map) => {
-                self.cache
-                    .gather(old, &mut self.copies, &mut self.block[..self.block_len])?;
+        let map = match &self.references {
+            References::Ready(map) => Some(Arc::clone(map)),
+            _ => None,
+        };
+        if let (Some(map), Some(predictor)) = (&map, self.predictor.clone()) {
+            self.predict_block_aside(map, &predictor, old, emit)?;
+        } else {
+            self.cache
+                .gather(old, &mut self.copies, &mut self.block[..self.block_len])?;
+            if let Some(map) = &map {
                 let block_start = self.out_pos();
                 for &(from, at, len) in &self.copies {
                     let code = &mut self.block[at as usize..(at + len) as usize];
                     map.predict(code, from, block_start + u64::from(at));
                 }
             }
-            _ => self
-                .cache
-                .gather(old, &mut self.copies, &mut self.block[..self.block_len])?,
         }
         self.phase = if self.header.sparse_diffs {
             Phase::DiffMode
@@ -1347,19 +1347,21 @@ impl BodyDecoder {
     /// predict them there while the previous block is written out; then the
     /// spare buffer becomes the block (differences and literals follow). On
     /// large x86 images this hides the writing behind the prediction.
-    fn predict_block_aside(&mut self, old: &mut dyn ReadAt, emit: &mut Emit<'_>) -> Result<()> {
-        let (References::Ready(map), Some(predictor)) = (&self.references, &self.predictor) else {
-            return Err(corrupt("no reference map"));
-        };
-        let (map, predictor) = (Arc::clone(map), Arc::clone(predictor));
+    fn predict_block_aside(
+        &mut self,
+        map: &Arc<ReferenceMap>,
+        predictor: &BackgroundPredictor,
+        old: &mut dyn ReadAt,
+        emit: &mut Emit<'_>,
+    ) -> Result<()> {
         let mut bytes = std::mem::take(&mut self.spare);
         self.cache
             .gather(old, &mut self.copies, &mut bytes[..self.block_len])?;
         // The buffer is cut into pieces along the copies, in block order.
         self.copies.sort_unstable_by_key(|c| c.1);
-        predictor.start(&map, bytes, &self.copies, self.out_pos())?;
+        predictor.start(map, bytes, &self.copies, self.out_pos())?;
         self.flush_pending(emit)?;
-        let predicted = predictor.finish(&map)?;
+        let predicted = predictor.finish(map)?;
         self.spare = std::mem::replace(&mut self.block, predicted);
         Ok(())
     }
