@@ -643,6 +643,20 @@ fn old_image_checked_alongside_gives_the_same_result_and_refuses_a_wrong_one() {
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();
+    // An image of fewer than four blocks is checked first: hashing it costs
+    // less than a thread.
+    let (small_old, small_new) = pair(40_000, 17);
+    let small = diff(&small_old, &small_new, &opts).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(&good, &small_old).unwrap();
+    let apply_small =
+        |options: ApplyOptions| apply_with(FileSource::open(&good).unwrap(), &small, 5000, options);
+    let (before, before_set, _) = apply_small(ApplyOptions::default());
+    let (aside, aside_set, out) = apply_small(alongside.clone());
+    assert_eq!(aside.unwrap(), before.unwrap());
+    assert_eq!(aside_set, before_set);
+    assert_eq!(out, small_new);
+    std::fs::remove_dir_all(&dir).unwrap();
     // A source no other thread can read (memory here) is checked first.
     let mut applier = Applier::new(other.as_slice(), Vec::new(), alongside);
     let err = applier.feed(&patch).unwrap_err();

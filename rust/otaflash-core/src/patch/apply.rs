@@ -65,8 +65,10 @@ pub enum OldCheck {
     /// `finish` returns Ok (a temporary file renamed afterwards). A wrong old
     /// image fails `feed` once the thread has hashed it, and `finish` always.
     /// Falls back to `Before` when the source cannot be read from another
-    /// thread ([`ReadAt::reader_for_thread`]), on a resume, or when the
-    /// working-set limit has no room for the thread's buffer.
+    /// thread ([`ReadAt::reader_for_thread`]), on a resume, for images too
+    /// small for helper threads (under four blocks: hashing costs less than
+    /// a thread), or when the working-set limit has no room for the
+    /// thread's buffer.
     Alongside,
 }
 
@@ -372,8 +374,8 @@ impl OutputHash {
     }
 }
 
-/// Images of fewer blocks than this are hashed and predicted inline: a
-/// thread would cost more than it saves.
+/// Images of fewer blocks than this are hashed, checked and predicted
+/// inline: a thread would cost more than it saves.
 const HELPER_MIN_BLOCKS: u64 = 4;
 
 /// The threads that work beside the decoder, chosen once per apply: each
@@ -390,19 +392,18 @@ struct Helpers {
 impl Helpers {
     fn choose(header: &Header, options: &ApplyOptions, old_readable_aside: bool) -> Self {
         let block = header.block_size as usize;
-        let second_core = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
         let mut working_set = body::working_set(header, options.read_cache);
-        let blocks_enough = header.new_size >= HELPER_MIN_BLOCKS * u64::from(header.block_size);
-        let hash_thread = options.hash_thread
-            && second_core
-            && blocks_enough
-            && working_set + block <= options.max_working_set;
+        // Small images get no helper (nor the look at the cgroup's CPUs).
+        let helped = header.new_size >= HELPER_MIN_BLOCKS * u64::from(header.block_size)
+            && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+        let hash_thread =
+            options.hash_thread && helped && working_set + block <= options.max_working_set;
         if hash_thread {
             working_set += block;
         }
         let old_alongside = options.old_check == OldCheck::Alongside
             && old_readable_aside
-            && second_core
+            && helped
             && working_set + OLD_CHECK_CHUNK <= options.max_working_set;
         if old_alongside {
             working_set += OLD_CHECK_CHUNK;
@@ -412,8 +413,7 @@ impl Helpers {
             working_set - options.read_cache + body::aside_working_set(header, options.read_cache);
         let reference_thread = options.reference_thread
             && header.reference_pages > 0
-            && second_core
-            && blocks_enough
+            && helped
             && aside <= options.max_working_set;
         if reference_thread {
             working_set = aside;
